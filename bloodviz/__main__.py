@@ -1,0 +1,3 @@
+from bloodviz.cli import main
+
+raise SystemExit(main())

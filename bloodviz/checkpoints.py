@@ -1,0 +1,266 @@
+"""The checkpoint store: ``checkpoints/<dataset>-<size>/<model>/``.
+
+A checkpoint folder holds
+- ``model.safetensors``: weights (fp16 where that does not change predictions), with metadata
+  naming the model and format so foreign or damaged files are refused clearly;
+- ``preprocessing.json``: what inference must do to an image (:class:`Preprocessing`);
+- ``predictions-<split>.csv``: probabilities for every val / evaluation sample, by sample id;
+- ``metrics.json``: the evaluation summary per split, computed from those predictions;
+- ``history.csv``: per-epoch training history;
+- ``run.json``: the run card (settings, hardware, versions, wall time, command line).
+
+Folders are written beside the target under a dot-name and renamed into place, so a reader
+never sees a half-written checkpoint; ``run.json`` is required for a folder to count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from bloodviz.paths import checkpoints_root
+from bloodviz.preprocess import Preprocessing
+
+FORMAT = "bloodviz-checkpoint-1"
+WEIGHTS = "model.safetensors"
+REQUIRED = (WEIGHTS, "preprocessing.json", "run.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or weights file is missing, damaged or not ours."""
+
+
+def checkpoint_dir(dataset_key: str, model: str, root: Path | None = None) -> Path:
+    return Path(root or checkpoints_root()) / dataset_key / model
+
+
+def write_atomic(final_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Create ``final_dir`` by letting ``fill`` write a temporary sibling, then renaming it.
+
+    If ``fill`` raises, the temporary folder is removed and any existing ``final_dir`` is
+    untouched. The old folder is moved aside before the new one is renamed in, and removed after.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_dir.parent / f".{final_dir.name}.tmp-{os.getpid()}"
+    old = final_dir.parent / f".{final_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        for name in REQUIRED:
+            if not (tmp / name).exists():
+                raise CheckpointError(f"checkpoint writer did not produce {name}")
+        _fsync_dir(tmp)
+        if final_dir.exists():
+            os.replace(final_dir, old)
+        os.replace(tmp, final_dir)
+        _fsync_dir(final_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final_dir.exists():
+            os.replace(old, final_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final_dir
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_file():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+# -- weights ----------------------------------------------------------------------------------
+def save_weights(state_dict: dict, path: Path, model_name: str, fp16: bool) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach().cpu()
+        if fp16 and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[key] = tensor.contiguous()
+    metadata = {"format": FORMAT, "model": model_name, "dtype": "fp16" if fp16 else "fp32"}
+    save_file(tensors, str(path), metadata=metadata)
+    del torch
+
+
+def load_weights(path: Path, expected_model: str | None = None) -> dict:
+    """Load a safetensors state dict as float32, refusing files that are not ours."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file {path} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"{path} is not a bloodviz checkpoint (metadata {metadata or 'absent'})"
+                )
+            if expected_model and metadata.get("model") != expected_model:
+                raise CheckpointError(
+                    f"{path} holds weights for {metadata.get('model')!r}, not {expected_model!r}"
+                )
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is damaged or not a safetensors file ({exc})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc})") from exc
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+# -- predictions ------------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    ids: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def save_predictions(path: Path, preds: Predictions) -> None:
+    frame = pd.DataFrame(
+        preds.probs.astype(np.float64), columns=[f"p_{c}" for c in preds.class_names]
+    )
+    frame.insert(0, "label", [preds.class_names[i] for i in preds.labels])
+    frame.insert(0, "sample_id", preds.ids)
+    frame.to_csv(path, index=False, float_format="%.6f")
+
+
+def load_predictions(path: Path, class_names: tuple[str, ...]) -> Predictions:
+    frame = pd.read_csv(path, dtype={"sample_id": str, "label": str})
+    columns = [f"p_{c}" for c in class_names]
+    missing = [c for c in ["sample_id", "label", *columns] if c not in frame.columns]
+    if missing:
+        raise CheckpointError(f"{path} lacks columns {missing}")
+    index = {c: i for i, c in enumerate(class_names)}
+    return Predictions(
+        ids=frame["sample_id"].to_numpy(),
+        labels=frame["label"].map(index).to_numpy(dtype=np.int64),
+        probs=frame[columns].to_numpy(dtype=np.float64),
+        class_names=tuple(class_names),
+    )
+
+
+# -- reading checkpoints ----------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    path: Path
+    dataset: str
+    size: int
+    model: str
+    preprocessing: Preprocessing
+    run: dict
+
+    @property
+    def dataset_key(self) -> str:
+        return f"{self.dataset}-{self.size}"
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(p.stem.removeprefix("predictions-") for p in self.path.glob("predictions-*.csv"))
+
+    def predictions(self, split: str) -> Predictions:
+        path = self.path / f"predictions-{split}.csv"
+        if not path.exists():
+            raise CheckpointError(
+                f"{self.path} has no predictions for split {split!r} (has {self.splits})"
+            )
+        return load_predictions(path, self.preprocessing.class_names)
+
+    def metrics(self) -> dict:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def history(self) -> pd.DataFrame:
+        path = self.path / "history.csv"
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+    def load_model(self):
+        """The trained network in eval mode, on CPU, weights checked against the registry."""
+        from bloodviz.models import create_model
+
+        model = create_model(
+            self.model, num_classes=self.preprocessing.num_classes, in_size=self.size
+        )
+        state = load_weights(self.path / WEIGHTS, expected_model=self.model)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{self.path / WEIGHTS} does not fit {self.model}: missing "
+                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
+        return model.eval()
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint folder at {path}")
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    try:
+        run = json.loads((path / "run.json").read_text())
+        prep = Preprocessing.load(path / "preprocessing.json")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged run.json or preprocessing.json ({exc})") from exc
+    if run.get("format") != FORMAT:
+        raise CheckpointError(f"{path}/run.json is not a bloodviz run card")
+    return Checkpoint(
+        path=path,
+        dataset=run["dataset"],
+        size=int(run["size"]),
+        model=run["model"],
+        preprocessing=prep,
+        run=run,
+    )
+
+
+def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -> list[Checkpoint]:
+    """Every complete checkpoint under ``root`` (folders starting with '.' are in-flight)."""
+    root = Path(root or checkpoints_root())
+    found = []
+    if not root.is_dir():
+        return found
+    for ds_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if dataset_key and ds_dir.name != dataset_key:
+            continue
+        for model_dir in sorted(ds_dir.iterdir()):
+            if model_dir.name.startswith(".") or not model_dir.is_dir():
+                continue
+            try:
+                found.append(open_checkpoint(model_dir))
+            except CheckpointError:
+                continue
+    return found

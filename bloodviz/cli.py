@@ -1,0 +1,184 @@
+"""``python -m bloodviz <command>``: train, evaluate, download, datasets, checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from bloodviz.paths import DataNotFoundError
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="pbc, blood-cells or bloodmnist")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument(
+        "--data-root", default=None, help="folder holding the datasets (else $BLOODVIZ_DATA)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bloodviz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write its checkpoint")
+    p.add_argument("--model", required=True)
+    _add_data_args(p)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--patience", type=int, default=8, help="early stopping, in epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--fresh", action="store_true", help="discard a partial run instead of resuming")
+    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint root folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("evaluate", help="metrics from a checkpoint's cached predictions")
+    p.add_argument("--model", required=True)
+    _add_data_args(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verify", action="store_true", help="re-run the weights on the split")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
+    p = sub.add_parser("download", help="fetch a dataset from its official source")
+    p.add_argument("name", choices=["bloodmnist", "pbc", "blood-cells"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--size", type=int, action="append", help="BloodMNIST size(s); default 64")
+    p.add_argument("--url", default=None, help="override the source address (mirrors, tests)")
+
+    p = sub.add_parser("datasets", help="list datasets found under the data root")
+    p.add_argument("--data-root", default=None)
+
+    p = sub.add_parser("checkpoints", help="list shipped checkpoints and their test metrics")
+    p.add_argument("--checkpoints", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command_line = "python -m bloodviz " + shlex.join(argv if argv is not None else sys.argv[1:])
+    try:
+        if args.command == "train":
+            return _train(args, command_line)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "download":
+            from bloodviz.download import download_command
+
+            return download_command(args.name, args.data_root, args.size, args.url)
+        if args.command == "datasets":
+            return _datasets(args)
+        if args.command == "checkpoints":
+            return _checkpoints(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (DataNotFoundError, KeyError, ValueError, RuntimeError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _train(args, command_line: str) -> int:
+    from bloodviz.train import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model,
+        dataset=args.dataset,
+        size=args.size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        augment=args.augment,
+        seed=args.seed,
+        limit_per_class=args.limit_per_class,
+        precision=args.precision,
+        device=args.device,
+    )
+    train(
+        config,
+        data_root=args.data_root,
+        checkpoints=args.checkpoints,
+        fresh=args.fresh,
+        progress=not args.quiet,
+        command=command_line,
+    )
+    return 0
+
+
+def _evaluate(args) -> int:
+    from bloodviz.evaluate import evaluate_checkpoint, format_report
+
+    report = evaluate_checkpoint(
+        dataset=args.dataset,
+        size=args.size,
+        model=args.model,
+        split=args.split,
+        verify=args.verify,
+        data_root=args.data_root,
+        checkpoints=args.checkpoints,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    if args.verify and not report["verify"]["ok"]:
+        return 1
+    return 0
+
+
+def _datasets(args) -> int:
+    from bloodviz.data import DATASETS, get_dataset
+
+    for name in DATASETS:
+        try:
+            ds = get_dataset(name, data_root=args.data_root)
+            counts = {s: len(ds.sample_ids(s)) for s in ds.splits}
+            print(f"{name:12s} {ds.folder}  " + "  ".join(f"{s}={n}" for s, n in counts.items()))
+        except (DataNotFoundError, ValueError) as exc:
+            print(f"{name:12s} not available: {exc}")
+    return 0
+
+
+def _checkpoints(args) -> int:
+    from bloodviz.checkpoints import list_checkpoints
+
+    rows = []
+    for ckpt in list_checkpoints(args.checkpoints):
+        metrics = ckpt.metrics()
+        for split, m in metrics.items():
+            if split == "val":
+                continue
+            rows.append(
+                {
+                    "dataset": ckpt.dataset_key,
+                    "model": ckpt.model,
+                    "split": split,
+                    "accuracy": m["accuracy"],
+                    "macro_f1": m["macro_f1"],
+                    "n": m["n"],
+                }
+            )
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(
+                f"{r['dataset']:16s} {r['model']:16s} {r['split']:12s} "
+                f"acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  n={r['n']}"
+            )
+        if not rows:
+            print("no checkpoints yet: python -m bloodviz train --model resnet18 --dataset pbc")
+    return 0

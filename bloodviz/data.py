@@ -1,0 +1,530 @@
+"""Datasets: one loader API over the PBC folder, MedMNIST's BloodMNIST files and Kaggle's set.
+
+Each dataset gives its class names, its splits, stable sample ids, the :class:`Preprocessing`
+it implies, and decoded ``uint8`` arrays per split (cached on disk after the first decode).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from bloodviz.paths import DataNotFoundError, cache_root, resolve_data_root
+from bloodviz.preprocess import Preprocessing
+
+PBC_CLASSES = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+PBC_DISPLAY = {"ig": "immature granulocyte"}
+BLOOD_CELLS_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# MedMNIST's recipe for PBC: centre 200x200 of the 360x363 original, then resize.
+PBC_FIELD_CROP_FRACTION = 200 / 360
+PBC_SPLIT_FILE = Path(__file__).parent / "resources" / "pbc_split.csv"
+
+
+class DataError(ValueError):
+    """Data is present but unusable (corrupt image, malformed manifest or npz)."""
+
+
+@dataclass
+class SplitArrays:
+    """One split, decoded: ids, ``N x H x W x 3`` uint8 images and integer labels."""
+
+    ids: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, ...], seed: int
+) -> list[np.ndarray]:
+    """Indices for each fraction, stratified by label, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        bounds = np.round(np.cumsum(fractions) / sum(fractions) * len(idx)).astype(int)
+        start = 0
+        for part, stop in zip(parts, bounds):
+            part.extend(idx[start:stop].tolist())
+            start = stop
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def limit_per_class(labels: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``limit`` samples of each class, chosen reproducibly."""
+    if not limit:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        keep.extend(rng.permutation(idx)[:limit].tolist())
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+class BloodDataset:
+    """Base class: subclasses fill ``_index`` (sample id, label, file path) per split."""
+
+    name: str = ""
+    class_names: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train", "val", "test")
+    eval_splits: tuple[str, ...] = ("test",)
+    description: str = ""
+    default_framing: str = "cell"
+
+    def __init__(self, folder: Path, size: int):
+        self.folder = Path(folder)
+        self.size = int(size)
+        self._entries: dict[str, list[tuple[str, int, Path | None]]] = {}
+
+    # -- subclasses ---------------------------------------------------------------------------
+    def _index(self) -> dict[str, list[tuple[str, int, Path | None]]]:
+        raise NotImplementedError
+
+    def preprocessing(self) -> Preprocessing:
+        raise NotImplementedError
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """Folder name of this dataset's checkpoints: ``<dataset>-<size>``."""
+        return f"{self.name}-{self.size}"
+
+    def display_class(self, name: str) -> str:
+        return PBC_DISPLAY.get(name, name)
+
+    def entries(self, split: str) -> list[tuple[str, int, Path | None]]:
+        if split not in self.splits:
+            raise KeyError(f"{self.name} has splits {', '.join(self.splits)}; not {split!r}")
+        if not self._entries:
+            self._entries = self._index()
+        return self._entries[split]
+
+    def sample_ids(self, split: str) -> list[str]:
+        return [e[0] for e in self.entries(split)]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.asarray([e[1] for e in self.entries(split)], dtype=np.int64)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        counts = {}
+        for split in self.splits:
+            bins = np.bincount(self.labels(split), minlength=len(self.class_names))
+            counts[split] = {c: int(n) for c, n in zip(self.class_names, bins)}
+        return counts
+
+    def open_image(self, sample_id: str) -> Image.Image:
+        for split in self.splits:
+            for sid, _, path in self.entries(split):
+                if sid == sample_id:
+                    return _open_image(path)
+        raise KeyError(f"no sample {sample_id!r} in {self.name}")
+
+    def load_split(
+        self,
+        split: str,
+        limit: int | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> SplitArrays:
+        """Decode a split (or ``limit`` samples a class of it) into arrays, cached on disk."""
+        entries = self.entries(split)
+        labels = np.asarray([e[1] for e in entries], dtype=np.int64)
+        keep = limit_per_class(labels, limit, seed)
+        chosen = [entries[i] for i in keep]
+        ids = np.asarray([e[0] for e in chosen])
+        labels = labels[keep]
+        images = self._decode(split, chosen, progress)
+        return SplitArrays(ids=ids, images=images, labels=labels)
+
+    def _decode(self, split: str, chosen: list, progress: bool) -> np.ndarray:
+        prep = self.preprocessing()
+        framing = self.default_framing
+        digest = hashlib.sha1()
+        digest.update(repr((self.name, self.size, split, framing, prep.to_dict())).encode())
+        for sid, _, path in chosen:
+            stat = path.stat()
+            digest.update(f"{sid}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        cache_file = cache_root() / "arrays" / f"{self.key}-{split}-{digest.hexdigest()[:16]}.npy"
+        if cache_file.exists():
+            try:
+                images = np.load(cache_file, allow_pickle=False)
+                if images.shape == (len(chosen), self.size, self.size, 3):
+                    return images
+            except (OSError, ValueError):
+                pass  # a damaged cache file is simply rebuilt
+
+        def decode(item):
+            sid, _, path = item
+            try:
+                with _open_image(path) as image:
+                    return prep.prepare(image, framing)
+            except DataError:
+                raise
+            except Exception as exc:  # PIL raises many types for broken files
+                raise DataError(f"cannot decode {path}: {exc}") from exc
+
+        images = np.empty((len(chosen), self.size, self.size, 3), dtype=np.uint8)
+        errors: list[str] = []
+        workers = min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(_capture(decode), chosen)
+            bar = tqdm(
+                results,
+                total=len(chosen),
+                desc=f"decode {self.key}/{split}",
+                disable=not progress,
+                leave=False,
+            )
+            for i, (array, error) in enumerate(bar):
+                if error is not None:
+                    errors.append(error)
+                else:
+                    images[i] = array
+        if errors:
+            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+            raise DataError(
+                f"{len(errors)} unreadable image(s) in {self.name}/{split}: "
+                + "; ".join(errors[:5])
+                + more
+            )
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, images)
+        os.replace(tmp, cache_file)
+        return images
+
+
+def _capture(fn):
+    def wrapped(item):
+        try:
+            return fn(item), None
+        except DataError as exc:
+            return None, str(exc)
+
+    return wrapped
+
+
+def _open_image(path: Path) -> Image.Image:
+    if not path.exists():
+        raise DataError(f"image file {path} is missing")
+    if path.stat().st_size == 0:
+        raise DataError(f"image file {path} is empty")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"image file {path} is not a readable image ({exc})") from exc
+    return image
+
+
+# ------------------------------------------------------------------------------------------------
+class PBCDataset(BloodDataset):
+    """PBC (Acevedo et al. 2020), the source of BloodMNIST: 8 classes.
+
+    Two layouts: our prepared folder (MedMNIST-style 128 px crops with ``manifest.csv``), or a
+    plain PBC download (one folder per class of 360x363 originals, no manifest), which gets
+    MedMNIST's recipe on the fly and our shipped split list (seeded stratified 70/10/20 for any
+    file the list does not name).
+    """
+
+    name = "pbc"
+    class_names = PBC_CLASSES
+    description = (
+        "PBC peripheral blood cells (Acevedo et al., Data in Brief 2020, CC BY 4.0), the source "
+        "of MedMNIST's BloodMNIST: 8 classes, a fixed stratified 70/10/20 train/val/test split. "
+        "Images are MedMNIST-style crops (centre 200x200 of the 360x363 original) resized to "
+        "the chosen size."
+    )
+
+    def __init__(self, folder: Path, size: int, split_seed: int = 0):
+        super().__init__(folder, size)
+        self.split_seed = split_seed
+        self.has_manifest = (self.folder / "manifest.csv").exists()
+        self.default_framing = "cell" if self.has_manifest else "full"
+        if not self.has_manifest and not any(
+            (self.folder / c).is_dir() for c in PBC_CLASSES
+        ):
+            raise DataNotFoundError(
+                f"{self.folder} is not a PBC folder: expected manifest.csv, or class folders "
+                f"{', '.join(PBC_CLASSES)}"
+            )
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            size=self.size,
+            class_names=self.class_names,
+            field_crop_fraction=PBC_FIELD_CROP_FRACTION,
+            field_resize=128,
+            description="PBC: a cell crop is resized; a full 360x363 field is first cut to its "
+            "centre 200x200 and resized to 128 (MedMNIST's recipe, as in our pbc folder).",
+        )
+
+    def _index(self):
+        return self._index_manifest() if self.has_manifest else self._index_plain()
+
+    def _index_manifest(self):
+        manifest = self.folder / "manifest.csv"
+        entries: dict[str, list] = {s: [] for s in self.splits}
+        with open(manifest, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing_cols = {"path", "label", "split"} - set(reader.fieldnames or [])
+            if missing_cols:
+                raise DataError(
+                    f"{manifest} lacks column(s) {sorted(missing_cols)}; expected path,label,split"
+                )
+            for line, row in enumerate(reader, start=2):
+                label, split = row["label"], row["split"]
+                if label not in PBC_CLASSES or split not in entries:
+                    raise DataError(
+                        f"{manifest}:{line}: label {label!r} or split {split!r} is not one of "
+                        f"{PBC_CLASSES} / {self.splits}"
+                    )
+                entries[split].append(
+                    (row["path"], PBC_CLASSES.index(label), self.folder / row["path"])
+                )
+        if not any(entries.values()):
+            raise DataError(f"{manifest} lists no images")
+        return entries
+
+    def _index_plain(self):
+        files = []
+        for label, cls in enumerate(PBC_CLASSES):
+            folder = self.folder / cls
+            if folder.is_dir():
+                for path in sorted(folder.iterdir()):
+                    if path.suffix.lower() in IMAGE_SUFFIXES:
+                        files.append((f"{cls}/{path.name}", label, path))
+        if not files:
+            raise DataNotFoundError(f"no images in the class folders of {self.folder}")
+        listed = read_pbc_split_list()
+        entries: dict[str, list] = {s: [] for s in self.splits}
+        unlisted = []
+        for item in files:
+            split = listed.get(item[0])
+            if split is None:
+                unlisted.append(item)
+            else:
+                entries[split].append(item)
+        if unlisted:
+            labels = np.asarray([u[1] for u in unlisted])
+            parts = stratified_split(labels, (0.7, 0.1, 0.2), self.split_seed)
+            for split, idx in zip(self.splits, parts):
+                entries[split].extend(unlisted[i] for i in idx)
+        return entries
+
+
+def read_pbc_split_list() -> dict[str, str]:
+    """Our fixed PBC split, shipped as a file list (relative path -> split)."""
+    with open(PBC_SPLIT_FILE, newline="") as handle:
+        return {row["path"]: row["split"] for row in csv.DictReader(handle)}
+
+
+# ------------------------------------------------------------------------------------------------
+class BloodCellsDataset(BloodDataset):
+    """Kaggle "Blood Cell Images" (BCCD-derived), 4 WBC classes, 320x240 crops."""
+
+    name = "blood-cells"
+    class_names = BLOOD_CELLS_CLASSES
+    splits = ("train", "val", "test", "test_simple")
+    eval_splits = ("test", "test_simple")
+    description = (
+        "Kaggle Blood Cell Images (Paul Mooney, BCCD-derived, MIT licence): 4 white-cell classes. "
+        "TRAIN (9,957) and TEST (2,487) are augmented crops of only a few hundred source cells, "
+        "so near-duplicates cross the split: validation (carved from TRAIN with a fixed seed) "
+        "and TEST accuracy are optimistic. TEST_SIMPLE (71 un-augmented, imbalanced images) is "
+        "the honest check."
+    )
+    folder_names = {"train": "TRAIN", "test": "TEST", "test_simple": "TEST_SIMPLE"}
+
+    def __init__(self, folder: Path, size: int, val_fraction: float = 0.1, split_seed: int = 0):
+        super().__init__(find_kaggle_images(folder), size)
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            size=self.size,
+            class_names=self.class_names,
+            description="Kaggle crop (320x240): centre square (240x240), resized.",
+        )
+
+    def _index(self):
+        raw: dict[str, list] = {}
+        for split, folder_name in self.folder_names.items():
+            items = []
+            for label, cls in enumerate(self.class_names):
+                folder = self.folder / folder_name / cls.upper()
+                if not folder.is_dir():
+                    raise DataNotFoundError(f"{folder} is missing (Kaggle layout expected)")
+                for path in sorted(folder.iterdir()):
+                    if path.suffix.lower() in IMAGE_SUFFIXES:
+                        items.append((f"{folder_name}/{cls.upper()}/{path.name}", label, path))
+            raw[split] = items
+        labels = np.asarray([e[1] for e in raw["train"]])
+        train_idx, val_idx = stratified_split(
+            labels, (1 - self.val_fraction, self.val_fraction), self.split_seed
+        )
+        return {
+            "train": [raw["train"][i] for i in train_idx],
+            "val": [raw["train"][i] for i in val_idx],
+            "test": raw["test"],
+            "test_simple": raw["test_simple"],
+        }
+
+
+def find_kaggle_images(root: Path) -> Path:
+    """The folder holding TRAIN/TEST/TEST_SIMPLE, wherever it sits under ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"{root} is not a folder")
+    if (root / "TRAIN").is_dir():
+        return root
+    for candidate in [root / "dataset2-master" / "images", *sorted(root.glob("**/TRAIN"))]:
+        folder = candidate if candidate.name != "TRAIN" else candidate.parent
+        if (folder / "TRAIN").is_dir() and (folder / "TEST").is_dir():
+            return folder
+    raise DataNotFoundError(
+        f"no Kaggle blood-cells layout under {root}: expected "
+        "dataset2-master/images/{TRAIN,TEST,TEST_SIMPLE}/<CLASS>/*.jpeg"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+BLOODMNIST_SIZES = (28, 64, 128, 224)
+
+
+def bloodmnist_filename(size: int) -> str:
+    return "bloodmnist.npz" if size == 28 else f"bloodmnist_{size}.npz"
+
+
+class BloodMNISTDataset(BloodDataset):
+    """MedMNIST's official ``bloodmnist[_64|_128|_224].npz`` files."""
+
+    name = "bloodmnist"
+    class_names = PBC_CLASSES
+    description = (
+        "MedMNIST v2 BloodMNIST (official npz files, CC BY 4.0): the PBC images centre-cropped "
+        "and resized by MedMNIST, with MedMNIST's own train/val/test split (11,959 / 1,712 / "
+        "3,421)."
+    )
+
+    def __init__(self, folder: Path, size: int):
+        if size not in BLOODMNIST_SIZES:
+            raise ValueError(f"BloodMNIST comes in sizes {BLOODMNIST_SIZES}, not {size}")
+        super().__init__(folder, size)
+        name = bloodmnist_filename(size)
+        candidates = [self.folder / name, self.folder / "bloodmnist" / name]
+        found = [p for p in candidates if p.exists()]
+        if not found:
+            raise DataNotFoundError(
+                f"{name} not found in {self.folder} or {self.folder / 'bloodmnist'}; "
+                f"run `python -m bloodviz download bloodmnist --size {size}`"
+            )
+        self.file = found[0]
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            size=self.size,
+            class_names=self.class_names,
+            field_crop_fraction=PBC_FIELD_CROP_FRACTION,
+            description="BloodMNIST: a full 360x363 PBC field is cut to its centre 200x200 and "
+            "resized straight to the model's size (MedMNIST's recipe).",
+        )
+
+    def _load(self):
+        if self._arrays is None:
+            try:
+                with np.load(self.file, allow_pickle=False) as npz:
+                    arrays = {}
+                    for split in self.splits:
+                        images = npz[f"{split}_images"]
+                        labels = npz[f"{split}_labels"].reshape(-1).astype(np.int64)
+                        arrays[split] = (images, labels)
+            except KeyError as exc:
+                raise DataError(
+                    f"{self.file} is not a BloodMNIST file: missing key {exc}; expected "
+                    "train_images, train_labels, val_*, test_*"
+                ) from exc
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataError(f"{self.file} is not a readable npz file ({exc})") from exc
+            for split, (images, labels) in arrays.items():
+                if images.ndim == 3:  # greyscale MedMNIST files have no channel axis
+                    images = np.repeat(images[..., None], 3, axis=-1)
+                if images.shape[1:] != (self.size, self.size, 3) or len(images) != len(labels):
+                    raise DataError(
+                        f"{self.file}: {split}_images has shape {images.shape}, expected "
+                        f"(N, {self.size}, {self.size}, 3) with N = {len(labels)} labels"
+                    )
+                if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+                    raise DataError(f"{self.file}: {split}_labels outside 0..7")
+                arrays[split] = (images.astype(np.uint8), labels)
+            self._arrays = arrays
+        return self._arrays
+
+    def _index(self):
+        out = {}
+        for split, (_, labels) in self._load().items():
+            out[split] = [(f"{split}/{i:05d}", int(label), None) for i, label in enumerate(labels)]
+        return out
+
+    def open_image(self, sample_id: str) -> Image.Image:
+        split, _, index = sample_id.partition("/")
+        images, _ = self._load()[split]
+        return Image.fromarray(images[int(index)])
+
+    def load_split(self, split, limit=None, seed=0, progress=True) -> SplitArrays:
+        images, labels = self._load()[split]
+        keep = limit_per_class(labels, limit, seed)
+        ids = np.asarray([f"{split}/{i:05d}" for i in keep])
+        return SplitArrays(ids=ids, images=images[keep], labels=labels[keep])
+
+
+# ------------------------------------------------------------------------------------------------
+DATASETS = {"pbc": PBCDataset, "blood-cells": BloodCellsDataset, "bloodmnist": BloodMNISTDataset}
+DEFAULT_SIZES = {"pbc": 64, "blood-cells": 64, "bloodmnist": 64}
+FOLDERS = {"pbc": "pbc", "blood-cells": "blood-cells", "bloodmnist": "bloodmnist"}
+
+
+def get_dataset(
+    name: str, size: int | None = None, data_root: str | os.PathLike | None = None
+) -> BloodDataset:
+    """Open dataset ``name`` at ``size`` pixels from the data root (see :mod:`bloodviz.paths`)."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = resolve_data_root(data_root)
+    folder = root / FOLDERS[name]
+    if name == "bloodmnist" and not folder.exists():
+        folder = root  # the npz files may sit directly in the data root
+    if not folder.exists():
+        # the root may be the dataset folder itself
+        if name == "pbc" and (root / "manifest.csv").exists():
+            folder = root
+        elif name == "blood-cells":
+            folder = root
+        else:
+            raise DataNotFoundError(f"dataset folder {folder} is missing")
+    return DATASETS[name](folder, size or DEFAULT_SIZES[name])

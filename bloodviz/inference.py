@@ -1,0 +1,106 @@
+"""Running a model over decoded images, and what machine it runs on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from bloodviz.paths import REPO_ROOT
+from bloodviz.preprocess import Preprocessing
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(requested)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    prep: Preprocessing,
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Softmax probabilities (float64, N x K) for uint8 NHWC images, in fp32."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = prep.normalize(images[start : start + batch_size]).to(device)
+        out.append(torch.softmax(model(batch).float(), dim=1).cpu().double().numpy())
+    if not out:
+        return np.zeros((0, prep.num_classes))
+    return np.concatenate(out)
+
+
+def hardware_info(device: torch.device | None = None) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def versions() -> dict:
+    import timm
+    import torchvision
+
+    import bloodviz
+
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "bloodviz": bloodviz.__version__,
+    }
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info

@@ -1,0 +1,13 @@
+"""The model zoo. Importing this package registers every model."""
+
+from bloodviz.models import cnn, resnet  # noqa: F401  (registration side effects)
+from bloodviz.models.registry import (
+    ModelInfo,
+    Reported,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
+
+__all__ = ["ModelInfo", "Reported", "create_model", "list_models", "model_info", "register_model"]

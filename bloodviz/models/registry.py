@@ -1,0 +1,90 @@
+"""Model registry in the style of timm: ``@register_model`` and ``create_model(name, ...)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A number a source study printed for a model, with what it was measured on."""
+
+    metric: str
+    value: float
+    dataset: str
+    split: str
+    pretrained: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    display_name: str
+    family: str
+    study: str | None = None
+    default_size: int = 64
+    target_layer: str = ""
+    adaptation: str = ""
+    reported: tuple[Reported, ...] = field(default_factory=tuple)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    display_name: str,
+    family: str,
+    study: str | None = None,
+    default_size: int = 64,
+    target_layer: str = "",
+    adaptation: str = "",
+    reported: tuple[Reported, ...] = (),
+    description: str = "",
+):
+    """Register a builder ``fn(num_classes, in_size, pretrained) -> nn.Module`` under ``name``."""
+
+    def decorator(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(
+            name=name,
+            builder=builder,
+            display_name=display_name,
+            family=family,
+            study=study,
+            default_size=default_size,
+            target_layer=target_layer,
+            adaptation=adaptation,
+            reported=tuple(reported),
+            description=description,
+        )
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(
+    name: str, num_classes: int, in_size: int | None = None, pretrained: bool = False
+) -> nn.Module:
+    info = model_info(name)
+    return info.builder(
+        num_classes=num_classes, in_size=in_size or info.default_size, pretrained=pretrained
+    )
