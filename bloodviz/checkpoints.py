@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -188,7 +188,9 @@ class Checkpoint:
 
     @property
     def splits(self) -> list[str]:
-        return sorted(p.stem.removeprefix("predictions-") for p in self.path.glob("predictions-*.csv"))
+        return sorted(
+            p.stem.removeprefix("predictions-") for p in self.path.glob("predictions-*.csv")
+        )
 
     def predictions(self, split: str) -> Predictions:
         path = self.path / f"predictions-{split}.csv"
@@ -264,3 +266,12 @@ def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -
             except CheckpointError:
                 continue
     return found
+
+
+def store_fingerprint(root: Path | None = None) -> tuple:
+    """Cheap summary of the store (paths and run-card times) to key the app's caches on."""
+    root = Path(root or checkpoints_root())
+    if not root.is_dir():
+        return (str(root),)
+    cards = sorted(root.glob("*/*/run.json"))
+    return (str(root), *((str(p), p.stat().st_mtime_ns) for p in cards))

@@ -165,8 +165,11 @@ class BloodDataset:
         digest = hashlib.sha1()
         digest.update(repr((self.name, self.size, split, framing, prep.to_dict())).encode())
         for sid, _, path in chosen:
-            stat = path.stat()
-            digest.update(f"{sid}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            try:
+                stat = path.stat()
+                digest.update(f"{sid}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{sid}|missing\n".encode())  # decoding reports it below
         cache_file = cache_root() / "arrays" / f"{self.key}-{split}-{digest.hexdigest()[:16]}.npy"
         if cache_file.exists():
             try:
@@ -264,9 +267,7 @@ class PBCDataset(BloodDataset):
         self.split_seed = split_seed
         self.has_manifest = (self.folder / "manifest.csv").exists()
         self.default_framing = "cell" if self.has_manifest else "full"
-        if not self.has_manifest and not any(
-            (self.folder / c).is_dir() for c in PBC_CLASSES
-        ):
+        if not self.has_manifest and not any((self.folder / c).is_dir() for c in PBC_CLASSES):
             raise DataNotFoundError(
                 f"{self.folder} is not a PBC folder: expected manifest.csv, or class folders "
                 f"{', '.join(PBC_CLASSES)}"
@@ -521,7 +522,9 @@ def get_dataset(
         folder = root  # the npz files may sit directly in the data root
     if not folder.exists():
         # the root may be the dataset folder itself
-        if name == "pbc" and (root / "manifest.csv").exists():
+        if name == "pbc" and (
+            (root / "manifest.csv").exists() or any((root / c).is_dir() for c in PBC_CLASSES)
+        ):
             folder = root
         elif name == "blood-cells":
             folder = root

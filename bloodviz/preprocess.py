@@ -1,8 +1,9 @@
 """Image decoding and the preprocessing a checkpoint carries with it.
 
-Every checkpoint stores its :class:`Preprocessing` (like torchvision's ``weights.transforms()``), and
-the dataset loaders build their training arrays with the very same :meth:`Preprocessing.prepare`,
-so inference on an uploaded image cannot drift from what the model was trained on.
+Every checkpoint stores its :class:`Preprocessing` (like torchvision's ``weights.transforms()``),
+and the dataset loaders build their training arrays with the very same
+:meth:`Preprocessing.prepare`, so inference on an uploaded image cannot drift from what the
+model was trained on.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         hi = array.max() if array.size else 1.0
         # 16-bit microscope exports rarely use the full range: scale by the data's own maximum.
         scale = 255.0 / hi if hi > 0 else 1.0
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
         lo, hi = float(array.min()), float(array.max())
         array = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
-        image = Image.fromarray(array.astype(np.uint8), mode="L")
+        image = Image.fromarray(array.astype(np.uint8))
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels become white, like the glass background of a smear.
         rgba = image.convert("RGBA")

@@ -242,7 +242,9 @@ def train(
 
         val_probs = predict_probs(model, prep, val_data.images, device=device)
         val_acc = float(np.mean(val_probs.argmax(1) == val_labels))
-        val_loss = float(-np.mean(np.log(val_probs[np.arange(len(val_labels)), val_labels] + 1e-12)))
+        val_loss = float(
+            -np.mean(np.log(val_probs[np.arange(len(val_labels)), val_labels] + 1e-12))
+        )
         row = {
             "epoch": epoch + 1,
             "train_loss": epoch_loss / seen,
@@ -301,8 +303,12 @@ def train(
     fp16 = _fp16_is_faithful(config.model, model, prep, val_data.images, len(dataset.class_names))
     if fp16:
         # ship and cache exactly what the fp16 file will reproduce
-        model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
-                               for k, v in model.state_dict().items()})
+        model.load_state_dict(
+            {
+                k: (v.half().float() if v.is_floating_point() else v)
+                for k, v in model.state_dict().items()
+            }
+        )
     predictions = {
         split: Predictions(
             ids=data.ids,
@@ -370,8 +376,12 @@ def _fp16_is_faithful(name, model, prep, images, num_classes) -> bool:
         return True
     reference = predict_probs(model, prep, images)
     half = create_model(name, num_classes=num_classes, in_size=prep.size)
-    half.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
-                          for k, v in model.state_dict().items()})
+    half.load_state_dict(
+        {
+            k: (v.half().float() if v.is_floating_point() else v)
+            for k, v in model.state_dict().items()
+        }
+    )
     rounded = predict_probs(half, prep, images)
     return bool(np.array_equal(reference.argmax(1), rounded.argmax(1)))
 

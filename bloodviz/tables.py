@@ -1,0 +1,40 @@
+"""Tables the pages show, as pure functions of the checkpoint store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bloodviz.checkpoints import list_checkpoints
+
+
+def checkpoint_table(root: Path | None = None) -> pd.DataFrame:
+    """One row per shipped checkpoint and evaluation split, with metrics and provenance."""
+    rows = []
+    for ckpt in list_checkpoints(root):
+        run = ckpt.run
+        for split, m in ckpt.metrics().items():
+            if split == "val":
+                continue
+            rows.append(
+                {
+                    "dataset": ckpt.dataset_key,
+                    "model": run.get("display_name", ckpt.model),
+                    "split": split,
+                    "accuracy": m["accuracy"],
+                    "acc 95% CI": f"{m['accuracy_ci95'][0]:.3f}–{m['accuracy_ci95'][1]:.3f}",
+                    "macro F1": m["macro_f1"],
+                    "F1 95% CI": f"{m['macro_f1_ci95'][0]:.3f}–{m['macro_f1_ci95'][1]:.3f}",
+                    "AUC": m["auc_ovr"],
+                    "ECE": m["ece"],
+                    "n": m["n"],
+                    "parameters": run.get("parameters"),
+                    "pretrained": "ImageNet" if run.get("pretrained") else "from scratch",
+                    "epochs": run.get("epochs_run"),
+                    "trained on": run.get("hardware", {}).get("gpu") or run.get("device"),
+                    "trained at": run.get("finished_at"),
+                    "command": run.get("command"),
+                }
+            )
+    return pd.DataFrame(rows)

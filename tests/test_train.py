@@ -1,0 +1,185 @@
+"""Training end to end on small real subsets: checkpoint, evaluate, verify, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bloodviz.checkpoints import open_checkpoint
+from bloodviz.models import create_model, list_models
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bloodviz(*args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "bloodviz", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """cnn_baseline trained 2 epochs on 12 real PBC images a class at 28 px."""
+    root = tmp_path_factory.mktemp("ckpt")
+    runs = tmp_path_factory.mktemp("runs")
+    env = {"BLOODVIZ_CHECKPOINTS": str(root), "BLOODVIZ_RUNS": str(runs)}
+    result = bloodviz(
+        "train",
+        "--model",
+        "cnn_baseline",
+        "--dataset",
+        "pbc",
+        "--size",
+        "28",
+        "--epochs",
+        "2",
+        "--limit-per-class",
+        "12",
+        "--quiet",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return root, env
+
+
+def test_checkpoint_contents(trained):
+    root, _ = trained
+    ckpt = open_checkpoint(root / "pbc-28" / "cnn_baseline")
+    assert ckpt.splits == ["test", "val"]
+    test = ckpt.predictions("test")
+    assert len(test.ids) == 96 and len(set(test.ids)) == 96
+    assert np.allclose(test.probs.sum(1), 1, atol=1e-4)
+    run = ckpt.run
+    for key in ("config", "hardware", "versions", "wall_time_s", "command", "started_at"):
+        assert key in run
+    assert run["config"]["seed"] == 0 and run["epochs_run"] == 2
+    assert "python -m bloodviz train" in run["command"]
+    assert len(ckpt.history()) == 2
+    assert ckpt.preprocessing.size == 28
+
+
+def test_evaluate_json_matches_cached_predictions(trained):
+    root, env = trained
+    result = bloodviz(
+        "evaluate",
+        "--dataset",
+        "pbc",
+        "--size",
+        "28",
+        "--model",
+        "cnn_baseline",
+        "--json",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    frame = pd.read_csv(root / "pbc-28" / "cnn_baseline" / "predictions-test.csv")
+    probs = frame.filter(like="p_").to_numpy()
+    truth = frame["label"].map({c[2:]: i for i, c in enumerate(frame.filter(like="p_"))})
+    assert report["n"] == 96
+    assert report["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == truth))
+    assert 0 <= report["macro_f1"] <= 1
+    text = bloodviz(
+        "evaluate", "--dataset", "pbc", "--size", "28", "--model", "cnn_baseline", env=env
+    )
+    assert "confusion matrix" in text.stdout and "95% CI" in text.stdout
+
+
+def test_verify_passes_then_catches_a_tampered_cache(trained):
+    root, env = trained
+    args = ["evaluate", "--dataset", "pbc", "--size", "28", "--model", "cnn_baseline", "--verify"]
+    ok = bloodviz(*args, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verify: OK" in ok.stdout
+    path = root / "pbc-28" / "cnn_baseline" / "predictions-test.csv"
+    original = path.read_text()
+    frame = pd.read_csv(path)
+    cols = [c for c in frame.columns if c.startswith("p_")]
+    frame.loc[0, cols] = frame.loc[0, cols].to_numpy()[::-1]
+    frame.to_csv(path, index=False)
+    try:
+        bad = bloodviz(*args, env=env)
+        assert bad.returncode == 1
+        assert "verify: FAILED" in bad.stdout
+    finally:
+        path.write_text(original)
+
+
+def test_killed_training_resumes_losing_at_most_one_epoch(tmp_path):
+    env = {"BLOODVIZ_CHECKPOINTS": str(tmp_path / "ck"), "BLOODVIZ_RUNS": str(tmp_path / "runs")}
+    args = [
+        "train",
+        "--model",
+        "cnn_baseline",
+        "--dataset",
+        "pbc",
+        "--size",
+        "64",
+        "--epochs",
+        "4",
+        "--limit-per-class",
+        "60",
+        "--precision",
+        "fp32",
+        "--quiet",
+    ]
+    state = tmp_path / "runs" / "pbc-64" / "cnn_baseline" / "state.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bloodviz", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), proc.stderr.read()
+    saved = torch.load(state, weights_only=True)
+    assert saved["epoch"] < 4, "the run finished before it could be killed"
+    done = saved["epoch"]
+    assert not (tmp_path / "ck" / "pbc-64" / "cnn_baseline").exists()
+
+    result = bloodviz(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {state}: {done} epoch(s) done" in result.stdout
+    history = pd.read_csv(tmp_path / "ck" / "pbc-64" / "cnn_baseline" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    for row in range(done):  # finished epochs were kept, not trained again
+        assert history.loc[row, "val_accuracy"] == pytest.approx(
+            saved["history"][row]["val_accuracy"]
+        )
+    assert not state.exists()
+
+    again = bloodviz(*args[:-1], "--lr", "0.1", "--quiet", env=env)
+    assert again.returncode == 0  # no partial state left: a new run simply starts
+    # a partial run with other settings is refused, not silently mixed
+    torch.save(saved, state)
+    mixed = bloodviz(*args[:-1], "--lr", "0.5", "--quiet", env=env)
+    assert mixed.returncode == 2 and "--fresh" in mixed.stderr
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_trains_a_step(name):
+    model = create_model(name, num_classes=8, in_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 8)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
