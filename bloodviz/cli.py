@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, action="append", help="BloodMNIST size(s); default 64")
     p.add_argument("--url", default=None, help="override the source address (mirrors, tests)")
 
+    p = sub.add_parser("bench", help="measure latency, throughput, memory, FLOPs of checkpoints")
+    p.add_argument("--dataset", default=None, help="pbc, pbc-64, blood-cells ... (default all)")
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch/ORT threads (default: all)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per figure")
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--stored", action="store_true", help="show stored results, measure nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("datasets", help="list datasets found under the data root")
     p.add_argument("--data-root", default=None)
 
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             from bloodviz.download import download_command
 
             return download_command(args.name, args.data_root, args.size, args.url)
+        if args.command == "bench":
+            return _bench(args, command_line)
         if args.command == "datasets":
             return _datasets(args)
         if args.command == "checkpoints":
@@ -136,6 +149,45 @@ def _evaluate(args) -> int:
         print(format_report(report))
     if args.verify and not report["verify"]["ok"]:
         return 1
+    return 0
+
+
+def _bench(args, command_line: str) -> int:
+    from tqdm.auto import tqdm
+
+    from bloodviz import benchmark
+    from bloodviz.checkpoints import list_checkpoints
+
+    chosen = [
+        c
+        for c in list_checkpoints(args.checkpoints)
+        if (args.dataset in (None, c.dataset, c.dataset_key))
+        and (not args.models or c.model in args.models)
+    ]
+    if not chosen:
+        print("error: no shipped checkpoint matches the selection", file=sys.stderr)
+        return 2
+    results = []
+    if args.stored:
+        results = [r for c in chosen if (r := benchmark.load_bench(c, args.device))]
+    else:
+        baseline = benchmark.peak_rss(None, "baseline") if args.device == "cpu" else None
+        for ckpt in tqdm(chosen, desc="bench", disable=args.json):
+            result = benchmark.bench_checkpoint(
+                ckpt,
+                device=args.device,
+                threads=args.threads,
+                min_run_time=args.min_time,
+                with_onnx=not args.no_onnx,
+                baseline_rss=baseline,
+                command=command_line,
+            )
+            benchmark.store(ckpt, result)
+            results.append(result)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(benchmark.format_table(results))
     return 0
 
 

@@ -4,10 +4,19 @@ from bloodviz.models import cnn, resnet  # noqa: F401  (registration side effect
 from bloodviz.models.registry import (
     ModelInfo,
     Reported,
+    ReportedCost,
     create_model,
     list_models,
     model_info,
     register_model,
 )
 
-__all__ = ["ModelInfo", "Reported", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "Reported",
+    "ReportedCost",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]

@@ -21,6 +21,16 @@ class Reported:
 
 
 @dataclass(frozen=True)
+class ReportedCost:
+    """Cost figures a study printed, in the study's own units."""
+
+    ms_per_step: float | None = None
+    memory_mb: float | None = None
+    parameters: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
@@ -31,6 +41,7 @@ class ModelInfo:
     target_layer: str = ""
     adaptation: str = ""
     reported: tuple[Reported, ...] = field(default_factory=tuple)
+    reported_cost: ReportedCost | None = None
     description: str = ""
 
 
@@ -47,6 +58,7 @@ def register_model(
     target_layer: str = "",
     adaptation: str = "",
     reported: tuple[Reported, ...] = (),
+    reported_cost: ReportedCost | None = None,
     description: str = "",
 ):
     """Register a builder ``fn(num_classes, in_size, pretrained) -> nn.Module`` under ``name``."""
@@ -64,6 +76,7 @@ def register_model(
             target_layer=target_layer,
             adaptation=adaptation,
             reported=tuple(reported),
+            reported_cost=reported_cost,
             description=description,
         )
         return builder

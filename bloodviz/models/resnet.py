@@ -5,7 +5,9 @@ from __future__ import annotations
 import timm
 import torch.nn as nn
 
-from bloodviz.models.registry import register_model
+from bloodviz.models.registry import Reported, ReportedCost, register_model
+
+STUDY_002 = "002_015e41b8e293e97d.txt"
 
 SMALL_INPUT_ADAPTATION = (
     "stem: 3x3 stride-2 conv instead of 7x7 stride-2, max-pool removed, so a 64 px cell keeps "
@@ -29,7 +31,19 @@ def adapt_resnet_stem(model: nn.Module) -> nn.Module:
     "resnet18",
     display_name="ResNet-18",
     family="ResNet",
+    study=STUDY_002,
     target_layer="layer4",
+    reported=(
+        Reported("accuracy", 95.67, "BloodMNIST 64x64", "test", note="'Resnet SGD'"),
+        Reported("f1_weighted", 95.70, "BloodMNIST 64x64", "test", note="'Resnet SGD'"),
+    ),
+    reported_cost=ReportedCost(
+        ms_per_step=10.35,
+        memory_mb=42.71,
+        parameters=11195016,
+        note="Keras, hardware not stated; 'Execution Time (ms/step)' and 'Memory Size (MB)' "
+        "(= fp32 weight size) of study 002's comparison table",
+    ),
     adaptation=SMALL_INPUT_ADAPTATION,
     description="timm resnet18 with a small-input stem.",
 )
