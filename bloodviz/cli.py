@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bloodviz.paths import DataNotFoundError
 
 
@@ -65,6 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser("predict", help="classify image files with shipped checkpoints")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--model", nargs="+", required=True, help="one or more models (ensembled)")
+    p.add_argument(
+        "--framing",
+        choices=["full", "cell"],
+        default=None,
+        help="full microscope field or an already-cropped cell (default: by size)",
+    )
+    p.add_argument("--csv", type=Path, default=None, help="write one row per image and model")
+    p.add_argument("--pytorch", action="store_true", help="never use ONNX Runtime")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
+    p = sub.add_parser("gradcam", help="save a CAM overlay of one image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", default="gradcam")
+    p.add_argument("--target", default=None, help="class name (default: the predicted one)")
+    p.add_argument("--framing", choices=["full", "cell"], default=None)
+    p.add_argument("--out", type=Path, default=Path("overlay.png"))
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("datasets", help="list datasets found under the data root")
     p.add_argument("--data-root", default=None)
 
@@ -88,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             return download_command(args.name, args.data_root, args.size, args.url)
         if args.command == "bench":
             return _bench(args, command_line)
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "gradcam":
+            return _gradcam(args)
         if args.command == "datasets":
             return _datasets(args)
         if args.command == "checkpoints":
@@ -188,6 +220,78 @@ def _bench(args, command_line: str) -> int:
         print(json.dumps(results))
     else:
         print(benchmark.format_table(results))
+    return 0
+
+
+def _open(dataset: str, size: int | None, model: str, root: Path | None):
+    from bloodviz.checkpoints import checkpoint_dir, open_checkpoint
+    from bloodviz.data import DEFAULT_SIZES
+
+    size = size or DEFAULT_SIZES.get(dataset, 64)
+    return open_checkpoint(checkpoint_dir(f"{dataset}-{size}", model, root))
+
+
+def _predict(args) -> int:
+    from bloodviz.predict import Runner, classify, result_rows, write_csv
+
+    ckpts = [_open(args.dataset, args.size, m, args.checkpoints) for m in args.model]
+    files = []
+    for path in args.paths:
+        try:
+            files.append((str(path), path.read_bytes()))
+        except OSError as exc:
+            files.append((str(path), b""))
+            print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+    runners = {c.model: Runner(c, prefer_onnx=not args.pytorch) for c in ckpts}
+    results = classify(files, ckpts, runners, framing=args.framing)
+    classes = ckpts[0].preprocessing.class_names
+    for r in results:
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+            continue
+        print(f"{r.name}  (framing: {r.framing})")
+        models = dict(r.per_model)
+        if len(models) > 1:
+            models["ensemble"] = r.ensemble
+        for model, probs in models.items():
+            top = probs.argsort()[::-1][:3]
+            ranked = ", ".join(f"{classes[i]} {probs[i]:.1%}" for i in top)
+            backend = f" [{runners[model].backend}]" if model in runners else ""
+            print(f"  {model:14s}{backend}: {ranked}")
+            for note in r.warnings.get(model, []):
+                print(f"    warning: {note}")
+    if args.csv:
+        write_csv(args.csv, result_rows(results, classes), classes)
+        print(f"wrote {args.csv}")
+    return 1 if any(r.error for r in results) else 0
+
+
+def _gradcam(args) -> int:
+    from PIL import Image
+
+    from bloodviz.explain import Explainer, upscale
+    from bloodviz.predict import default_framing, read_image
+
+    ckpt = _open(args.dataset, args.size, args.model, args.checkpoints)
+    image = read_image(args.image.read_bytes(), str(args.image))
+    framing = args.framing or default_framing(image, ckpt)
+    cell = ckpt.preprocessing.prepare(image, framing)
+    classes = ckpt.preprocessing.class_names
+    if args.target is not None and args.target not in classes:
+        raise ValueError(f"--target must be one of {', '.join(classes)}")
+    target = classes.index(args.target) if args.target else None
+    explainer = Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+    result = explainer.explain(cell, args.method, target, faithfulness=True)
+    side = max(256, ckpt.size * 4)
+    panel = np.concatenate([upscale(cell, side), upscale(result.overlay, side)], axis=1)
+    Image.fromarray(panel).save(args.out)
+    f = result.faithfulness
+    print(
+        f"{args.image}: predicted {classes[int(result.probs.argmax())]} "
+        f"({result.probs.max():.1%}); {args.method} for {classes[result.target]} in "
+        f"{result.seconds * 1000:.0f} ms; ROAD MoRF {f['road_morf']:+.3f} LeRF "
+        f"{f['road_lerf']:+.3f} score {f['road_score']:+.3f}; wrote {args.out}"
+    )
     return 0
 
 

@@ -102,6 +102,8 @@ class Preprocessing:
         """Photometric part: uint8 NHWC (numpy or torch) to a float32 NCHW torch tensor."""
         import torch
 
+        if isinstance(batch_uint8, np.ndarray) and not batch_uint8.flags.writeable:
+            batch_uint8 = batch_uint8.copy()  # torch warns on read-only numpy buffers
         batch = torch.as_tensor(batch_uint8)
         if batch.ndim == 3:
             batch = batch.unsqueeze(0)

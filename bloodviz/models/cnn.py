@@ -39,7 +39,7 @@ class BaselineCNN(nn.Module):
     "cnn_baseline",
     display_name="Baseline CNN (4 conv + BN)",
     family="baseline CNN",
-    target_layer="features.3",
+    target_layer="features.3.2",  # the ReLU before the last pool: 8x8 at 64 px, 3x3 at 28
     description="4 conv blocks (32-64-128-256) with batch norm, GAP, dropout 0.4: the engine's "
     "small reference model.",
 )

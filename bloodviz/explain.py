@@ -1,0 +1,135 @@
+"""Saliency with pytorch-grad-cam: CAM methods, overlays and a faithfulness score.
+
+Every registered model declares its ``target_layer`` (a dotted module path) in the registry;
+:class:`Explainer` resolves it and keeps one CAM object per method so hooks are set up once.
+Faithfulness uses the library's ROAD metrics (Rong et al. 2022): the change in the target's
+softmax score when the most (MoRF) or least (LeRF) relevant pixels are imputed away. A telling
+map drops confidence under MoRF and keeps it under LeRF, so ``LeRF - MoRF`` is higher for
+maps that point at what the model really uses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+)
+
+from bloodviz.models import model_info
+from bloodviz.preprocess import Preprocessing
+
+CAM_METHODS = {
+    "gradcam": ("Grad-CAM", GradCAM),
+    "gradcam++": ("Grad-CAM++", GradCAMPlusPlus),
+    "hirescam": ("HiResCAM", HiResCAM),
+    "xgradcam": ("XGrad-CAM", XGradCAM),
+    "layercam": ("LayerCAM", LayerCAM),
+    "eigencam": ("EigenCAM", EigenCAM),
+    "scorecam": ("Score-CAM", ScoreCAM),
+    "ablationcam": ("Ablation-CAM", AblationCAM),
+}
+# one forward pass per channel of the target layer: seconds, not milliseconds, on CPU
+SLOW_METHODS = frozenset({"scorecam", "ablationcam"})
+ROAD_PERCENTILE = 50
+
+
+@dataclass
+class Explanation:
+    method: str
+    target: int
+    probs: np.ndarray
+    cam: np.ndarray
+    overlay: np.ndarray
+    seconds: float
+    faithfulness: dict | None = None
+
+
+def resolve_target_layer(model: torch.nn.Module, model_name: str) -> torch.nn.Module:
+    name = model_info(model_name).target_layer
+    if not name:
+        raise ValueError(f"model {model_name!r} declares no target layer for CAM")
+    return model.get_submodule(name)
+
+
+class Explainer:
+    """CAMs for one model; ``explain`` takes a prepared ``size x size x 3`` uint8 cell."""
+
+    def __init__(self, model: torch.nn.Module, model_name: str, prep: Preprocessing):
+        self.model = model.eval()
+        self.model_name = model_name
+        self.prep = prep
+        self.layer = resolve_target_layer(model, model_name)
+        self._cams: dict = {}
+
+    def _cam(self, method: str):
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {list(CAM_METHODS)}")
+        if method not in self._cams:
+            cls = CAM_METHODS[method][1]
+            cam = cls(model=self.model, target_layers=[self.layer])
+            if method in SLOW_METHODS:
+                cam.batch_size = 64
+            self._cams[method] = cam
+        return self._cams[method]
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = self.model(self.prep.normalize(image))
+        return torch.softmax(logits, 1)[0].double().numpy()
+
+    def explain(
+        self,
+        image: np.ndarray,
+        method: str = "gradcam",
+        target: int | None = None,
+        faithfulness: bool = False,
+    ) -> Explanation:
+        tensor = self.prep.normalize(image)
+        probs = self.probabilities(image)
+        target = int(np.argmax(probs)) if target is None else int(target)
+        tick = time.perf_counter()
+        grayscale = self._cam(method)(input_tensor=tensor, targets=[ClassifierOutputTarget(target)])
+        seconds = time.perf_counter() - tick
+        cam = np.nan_to_num(grayscale[0].astype(np.float32))
+        overlay = show_cam_on_image(image.astype(np.float32) / 255.0, cam, use_rgb=True)
+        result = Explanation(method, target, probs, cam, overlay, seconds)
+        if faithfulness:
+            result.faithfulness = self.faithfulness(tensor, cam, target)
+        return result
+
+    def faithfulness(self, tensor: torch.Tensor, cam: np.ndarray, target: int) -> dict:
+        targets = [ClassifierOutputSoftmaxTarget(target)]
+        cams = cam[None]
+        morf = ROADMostRelevantFirst(percentile=ROAD_PERCENTILE)(tensor, cams, targets, self.model)
+        lerf = ROADLeastRelevantFirst(percentile=ROAD_PERCENTILE)(tensor, cams, targets, self.model)
+        morf, lerf = float(np.ravel(morf)[0]), float(np.ravel(lerf)[0])
+        return {
+            "road_morf": morf,
+            "road_lerf": lerf,
+            "road_score": (lerf - morf) / 2,
+            "percentile": ROAD_PERCENTILE,
+        }
+
+
+def upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
+    """Nearest-neighbour enlargement for display, so small cells are not blurred into mush."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.NEAREST))

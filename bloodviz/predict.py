@@ -1,0 +1,224 @@
+"""Classify user images: safe decoding, framing, per-model and ensemble predictions, warnings.
+
+Bad input raises :class:`InputError` with a message for that case; callers classify the rest of
+a batch. Nothing here writes to disk except :func:`write_csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bloodviz.checkpoints import Checkpoint
+from bloodviz.inference import predict_probs
+from bloodviz.preprocess import Framing
+
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_PIXELS = 40_000_000  # a 6000x6000 photo passes; decompression bombs do not
+ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"}
+# An image is flagged as unlike the training data when its top probability is below the
+# confidence that this share of validation images reach.
+OOD_VAL_QUANTILE = 0.05
+# ...and whatever the validation data says, a top class under this is never presented as sure.
+MIN_CONFIDENCE = 0.5
+
+
+class InputError(ValueError):
+    """An upload that cannot be classified, with a message meant for the user."""
+
+
+def read_image(data: bytes, name: str = "upload") -> Image.Image:
+    """Decode one uploaded file, or raise :class:`InputError` saying what is wrong with it."""
+    if len(data) == 0:
+        raise InputError(f"{name}: the file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise InputError(
+            f"{name}: {len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MB limit"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            fmt = image.format
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(
+                    f"{name}: {image.width}x{image.height} pixels is too large to be a "
+                    f"microscope image (limit {MAX_PIXELS / 1e6:.0f} megapixels)"
+                )
+            if fmt not in ALLOWED_FORMATS:
+                raise InputError(
+                    f"{name}: {fmt} files are not supported; use JPEG, PNG, BMP, TIFF or WebP"
+                )
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1 and fmt != "MPO":
+                kind = "animated" if fmt in ("WEBP", "PNG", "GIF") else "multi-page"
+                raise InputError(
+                    f"{name}: an {kind} {fmt} with {frames} frames; upload single images"
+                )
+            image.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InputError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(
+            f"{name}: not an image file (its bytes are not JPEG, PNG, BMP, TIFF or WebP)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{name}: the image is truncated or corrupt ({exc})") from exc
+    return image
+
+
+def default_framing(image: Image.Image, ckpt: Checkpoint) -> Framing:
+    """'full' for a whole microscope field where the dataset crops one (PBC: 360x363)."""
+    prep = ckpt.preprocessing
+    if prep.field_crop_fraction < 1.0 and min(image.size) >= 300:
+        return "full"
+    return "cell"
+
+
+class Runner:
+    """Probabilities from a checkpoint: ONNX Runtime where the benchmark chose it, else PyTorch."""
+
+    def __init__(self, ckpt: Checkpoint, prefer_onnx: bool = True):
+        self.ckpt = ckpt
+        self.backend = "pytorch"
+        self._session = None
+        self._model = None
+        if prefer_onnx:
+            from bloodviz.benchmark import export_onnx, load_bench, onnx_session
+
+            bench = load_bench(ckpt)
+            if bench and bench.get("use_onnx"):
+                self._session = onnx_session(export_onnx(ckpt), bench.get("threads", 1))
+                self.backend = "onnxruntime"
+        if self._session is None:
+            self._model = ckpt.load_model()
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.ckpt.load_model()
+        return self._model
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        prep = self.ckpt.preprocessing
+        if self._session is None:
+            return predict_probs(self._model, prep, images)
+        x = prep.normalize(images).numpy()
+        logits = self._session.run(None, {self._session.get_inputs()[0].name: x})[0]
+        logits = logits - logits.max(1, keepdims=True)
+        exp = np.exp(logits.astype(np.float64))
+        return exp / exp.sum(1, keepdims=True)
+
+
+def confidence_threshold(ckpt: Checkpoint, quantile: float = OOD_VAL_QUANTILE) -> float:
+    """Top-probability below which only ``quantile`` of the validation images fall."""
+    if "val" not in ckpt.splits:
+        return 0.5
+    val = ckpt.predictions("val")
+    return float(np.quantile(val.probs.max(1), quantile))
+
+
+@dataclass
+class ImageResult:
+    name: str
+    framing: str | None = None
+    error: str | None = None
+    per_model: dict = field(default_factory=dict)  # model -> probs
+    warnings: dict = field(default_factory=dict)  # model -> list of messages
+    ensemble: np.ndarray | None = None
+    cell: np.ndarray | None = None  # the prepared cell the first model saw
+
+
+def classify(
+    files: list[tuple[str, bytes]],
+    checkpoints: list[Checkpoint],
+    runners: dict[str, Runner] | None = None,
+    framing: Framing | None = None,
+) -> list[ImageResult]:
+    """Classify each (name, bytes) with each checkpoint; bad files get an error, not an abort."""
+    if not checkpoints:
+        raise ValueError("choose at least one model")
+    classes = checkpoints[0].preprocessing.class_names
+    if any(c.preprocessing.class_names != classes for c in checkpoints):
+        raise ValueError("the chosen models do not share one set of classes")
+    runners = runners or {c.model: Runner(c) for c in checkpoints}
+    thresholds = {c.model: confidence_threshold(c) for c in checkpoints}
+    results = []
+    for name, data in files:
+        result = ImageResult(name)
+        try:
+            image = read_image(data, name)
+        except InputError as exc:
+            result.error = str(exc)
+            results.append(result)
+            continue
+        for ckpt in checkpoints:
+            chosen = framing or default_framing(image, ckpt)
+            result.framing = chosen
+            cell = ckpt.preprocessing.prepare(image, chosen)
+            if result.cell is None:
+                result.cell = cell
+            probs = runners[ckpt.model].probs(cell[None])[0]
+            result.per_model[ckpt.model] = probs
+            notes = []
+            if probs.max() < thresholds[ckpt.model]:
+                notes.append(
+                    f"low confidence ({probs.max():.0%}, below what 95% of validation images "
+                    f"reach: {thresholds[ckpt.model]:.0%}); the image may be unlike the "
+                    "training data"
+                )
+            elif probs.max() < MIN_CONFIDENCE:
+                notes.append(f"low confidence ({probs.max():.0%}): no class is likely")
+            result.warnings[ckpt.model] = notes
+        result.ensemble = np.mean(list(result.per_model.values()), axis=0)
+        results.append(result)
+    return results
+
+
+def result_rows(results: list[ImageResult], class_names: tuple[str, ...]) -> list[dict]:
+    """One row per image and model (and 'ensemble' where several models were used)."""
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append(
+                {"path": r.name, "model": "", "predicted": "", "probability": "", "error": r.error}
+            )
+            continue
+        models = dict(r.per_model)
+        if len(models) > 1:
+            models["ensemble"] = r.ensemble
+        for model, probs in models.items():
+            top = int(np.argmax(probs))
+            row = {
+                "path": r.name,
+                "model": model,
+                "predicted": class_names[top],
+                "probability": round(float(probs[top]), 6),
+                "error": "",
+            }
+            row.update({f"p_{c}": round(float(p), 6) for c, p in zip(class_names, probs)})
+            rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], class_names: tuple[str, ...]) -> None:
+    columns = [
+        "path",
+        "model",
+        "predicted",
+        "probability",
+        *[f"p_{c}" for c in class_names],
+        "error",
+    ]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,207 @@
+"""Upload-and-classify: every bad input gets its own message; odd modes and framings work."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodviz.checkpoints import open_checkpoint
+from bloodviz.predict import InputError, Runner, classify, read_image, result_rows
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ck")
+    env = {
+        **os.environ,
+        "BLOODVIZ_CHECKPOINTS": str(root),
+        "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs")),
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bloodviz",
+            "train",
+            "--model",
+            "cnn_baseline",
+            "--dataset",
+            "pbc",
+            "--size",
+            "64",
+            "--epochs",
+            "2",
+            "--limit-per-class",
+            "8",
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(ckpt_root):
+    return open_checkpoint(ckpt_root / "pbc-64" / "cnn_baseline")
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def original(data_root) -> Image.Image:
+    return Image.open(data_root / "pbc-originals" / "basophil" / "BA_172469.jpg").convert("RGB")
+
+
+def test_each_bad_input_has_its_own_message(original):
+    good = _encode(original, "JPEG")
+    cases = {
+        "empty": (b"", "empty"),
+        "truncated": (good[: len(good) // 2], "truncated or corrupt"),
+        "renamed.jpg": (b"%PDF-1.4 this is a PDF renamed .jpg" * 20, "not an image file"),
+        "huge": (b"\xff" * (21 * 2**20), "over the 20 MB limit"),
+        "gif": (_encode(original, "GIF"), "GIF files are not supported"),
+    }
+    frames = [original, original.rotate(90)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="TIFF", save_all=True, append_images=frames[1:])
+    cases["pages.tiff"] = (buffer.getvalue(), "multi-page TIFF with 2 frames")
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=100)
+    cases["anim.webp"] = (buffer.getvalue(), "animated WEBP")
+    bomb = _encode(Image.new("L", (9000, 9000)), "PNG")  # 81 megapixels of zeros, tiny file
+    cases["bomb.png"] = (bomb, "too large")
+    for name, (data, message) in cases.items():
+        with pytest.raises(InputError, match=message):
+            read_image(data, name)
+
+
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("RGB", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGB", "BMP"),
+        ("RGB", "WEBP"),
+        ("L", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "TIFF"),
+        ("RGB", "TIFF"),
+    ],
+)
+def test_modes_and_formats_classify(ckpt, original, mode, fmt):
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(original.convert("L"), dtype=np.uint16) * 200)
+    else:
+        image = original.convert(mode)
+    results = classify([("x", _encode(image, fmt))], [ckpt])
+    assert results[0].error is None
+    assert results[0].framing == "full"  # a 360x363 field
+    assert results[0].per_model["cnn_baseline"].sum() == pytest.approx(1)
+
+
+def test_exif_rotated_upload_matches_upright(ckpt, original):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # display rotated 90 degrees counter-clockwise
+    turned = original.transpose(Image.Transpose.ROTATE_270)
+    upright = classify([("a", _encode(original, "PNG"))], [ckpt])[0]
+    tagged = classify([("b", _encode(turned, "PNG", exif=exif.tobytes()))], [ckpt])[0]
+    assert np.allclose(
+        upright.per_model["cnn_baseline"], tagged.per_model["cnn_baseline"], atol=1e-6
+    )
+
+
+def test_full_field_matches_its_dataset_crop(ckpt, data_root):
+    """A PBC original classified as a full field gives what its 128 px crop gives as a cell."""
+    diffs = []
+    for path in sorted((data_root / "pbc-originals").glob("*/*.jpg"))[::8]:
+        rel = f"{path.parent.name}/{path.name}"
+        full = classify([("f", path.read_bytes())], [ckpt], framing="full")[0]
+        crop = classify([("c", (data_root / "pbc" / rel).read_bytes())], [ckpt])[0]
+        assert crop.framing == "cell"
+        diffs.append(np.abs(full.per_model["cnn_baseline"] - crop.per_model["cnn_baseline"]).max())
+    assert np.median(diffs) < 0.05, diffs
+
+
+def test_batch_keeps_going_and_rows_are_complete(ckpt, original):
+    files = [
+        ("ok.jpg", _encode(original, "JPEG")),
+        ("empty.jpg", b""),
+        ("cell.png", _encode(original.resize((128, 128)), "PNG")),
+    ]
+    results = classify(files, [ckpt, ckpt])
+    assert [r.error is None for r in results] == [True, False, True]
+    rows = result_rows(results, ckpt.preprocessing.class_names)
+    assert [r["path"] for r in rows] == ["ok.jpg", "empty.jpg", "cell.png"]
+    assert "empty" in rows[1]["error"]
+
+
+def test_onnx_runner_agrees_with_pytorch(ckpt, original):
+    import json
+
+    from bloodviz.benchmark import export_onnx, onnx_session
+
+    runner = Runner(ckpt, prefer_onnx=False)
+    cell = ckpt.preprocessing.prepare(original, "full")[None]
+    torch_probs = runner.probs(cell)
+    (ckpt.path / "bench-cpu.json").write_text(json.dumps({"use_onnx": True, "threads": 1}))
+    try:
+        onnx = Runner(ckpt)
+        assert onnx.backend == "onnxruntime"
+        assert np.abs(onnx.probs(cell) - torch_probs).max() < 1e-4
+    finally:
+        (ckpt.path / "bench-cpu.json").unlink()
+    assert onnx_session(export_onnx(ckpt), 1) is not None
+
+
+def test_cli_predict_csv_matches_library(ckpt_root, ckpt, data_root, tmp_path):
+    path = data_root / "pbc-originals" / "eosinophil"
+    image = sorted(path.iterdir())[0]
+    env = {**os.environ, "BLOODVIZ_CHECKPOINTS": str(ckpt_root)}
+    out = tmp_path / "p.csv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bloodviz",
+            "predict",
+            str(image),
+            str(tmp_path / "missing.jpg"),
+            "--dataset",
+            "pbc",
+            "--model",
+            "cnn_baseline",
+            "--csv",
+            str(out),
+            "--pytorch",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1 and "missing.jpg" in result.stderr
+    import pandas as pd
+
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:4]) == ["path", "model", "predicted", "probability"]
+    library = classify([(str(image), image.read_bytes())], [ckpt])[0].per_model["cnn_baseline"]
+    cli = frame.iloc[0][[f"p_{c}" for c in ckpt.preprocessing.class_names]].to_numpy(float)
+    assert np.abs(cli - library).max() < 1e-5
