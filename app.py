@@ -2,9 +2,15 @@
 
 import streamlit as st
 
+from bloodviz import ui
+
 st.set_page_config(page_title="bloodviz", page_icon="🩸", layout="wide")
 
 pages = [
     st.Page("pages/checkpoints.py", title="Shipped checkpoints", icon="📋", default=True),
+    st.Page("pages/gradcam.py", title="Grad-CAM explorer", icon="🔥"),
+    st.Page("pages/upload.py", title="Upload and classify", icon="📤"),
 ]
-st.navigation(pages).run()
+navigation = st.navigation(pages)
+ui.sidebar_selection()  # drawn here so the choice carries across pages
+navigation.run()

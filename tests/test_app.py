@@ -1,6 +1,8 @@
-"""The dashboard, rendered headless with Streamlit's AppTest."""
+"""The dashboard, rendered headless with Streamlit's AppTest over real (tiny) checkpoints."""
 
-import shutil
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,30 +11,15 @@ from streamlit.testing.v1 import AppTest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture()
-def checkpoint_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("BLOODVIZ_CHECKPOINTS", str(tmp_path))
-    return tmp_path
-
-
-def _app() -> AppTest:
-    return AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
-
-
-def test_empty_store_explains_how_to_train(checkpoint_root):
-    app = _app().run()
-    assert not app.exception
-    assert any("python -m bloodviz train" in info.value for info in app.info)
-
-
-def test_table_lists_checkpoints_and_filters(checkpoint_root, tmp_path_factory):
-    # a real checkpoint, trained by the CLI on a small real subset
-    import os
-    import subprocess
-    import sys
-
-    runs = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "BLOODVIZ_CHECKPOINTS": str(checkpoint_root), "BLOODVIZ_RUNS": str(runs)}
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """cnn_baseline for pbc-64 and blood-cells-64, trained by the CLI on small real subsets."""
+    root = tmp_path_factory.mktemp("ck")
+    env = {
+        **os.environ,
+        "BLOODVIZ_CHECKPOINTS": str(root),
+        "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs")),
+    }
     for dataset in ("pbc", "blood-cells"):
         subprocess.run(
             [
@@ -45,11 +32,11 @@ def test_table_lists_checkpoints_and_filters(checkpoint_root, tmp_path_factory):
                 "--dataset",
                 dataset,
                 "--size",
-                "28",
+                "64",
                 "--epochs",
                 "1",
                 "--limit-per-class",
-                "5",
+                "6",
                 "--quiet",
             ],
             cwd=REPO,
@@ -58,11 +45,97 @@ def test_table_lists_checkpoints_and_filters(checkpoint_root, tmp_path_factory):
             capture_output=True,
             timeout=600,
         )
-    app = _app().run()
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _navigation_app(monkeypatch):
+    """Make AppTest treat app.py as the st.navigation app it is.
+
+    The real server ignores pages/ once st.navigation runs. AppTest resets its "legacy pages/
+    directory" flag before every run and, finding our pages/ folder, runs a page's file alone,
+    without app.py's sidebar (streamlit#9446). Hiding the folder from that one check restores
+    the server's behaviour.
+    """
+    import streamlit.runtime.pages_manager as pages_manager
+
+    class NoLegacyPagesDir(type(Path())):
+        def exists(self, *args, **kwargs):
+            return False if self.name == "pages" else super().exists(*args, **kwargs)
+
+    monkeypatch.setattr(pages_manager, "Path", NoLegacyPagesDir)
+
+
+def _dataset_box(app):
+    return next(s for s in app.sidebar.selectbox if s.label == "Dataset")
+
+
+def _app(monkeypatch, root) -> AppTest:
+    monkeypatch.setenv("BLOODVIZ_CHECKPOINTS", str(root))
+    return AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+
+
+def test_empty_store_explains_how_to_train(monkeypatch, tmp_path):
+    app = _app(monkeypatch, tmp_path).run()
+    assert not app.exception
+    assert any("python -m bloodviz train" in info.value for info in app.info)
+    app.switch_page("pages/upload.py").run()
+    assert not app.exception
+    assert any("python -m bloodviz train" in info.value for info in app.info)
+
+
+def test_checkpoint_table_lists_and_filters(monkeypatch, store):
+    app = _app(monkeypatch, store).run()
     assert not app.exception
     table = app.dataframe[0].value
-    assert set(table["dataset"]) == {"pbc-28", "blood-cells-28"}
+    assert set(table["dataset"]) == {"pbc-64", "blood-cells-64"}
     assert set(table["split"]) == {"test", "test_simple"}
-    app.multiselect[0].set_value(["pbc-28"]).run()
-    assert set(app.dataframe[0].value["dataset"]) == {"pbc-28"}
-    shutil.rmtree(checkpoint_root / "pbc-28")
+    next(m for m in app.multiselect if m.label == "Datasets").set_value(["pbc-64"]).run()
+    assert set(app.dataframe[0].value["dataset"]) == {"pbc-64"}
+
+
+def test_gradcam_page_draws_maps_and_reacts(monkeypatch, store):
+    app = _app(monkeypatch, store).run()
+    app.switch_page("pages/gradcam.py").run()
+    assert not app.exception
+    one_method = len(app.get("image"))
+    assert one_method >= 2  # the cell and one overlay
+    methods = next(m for m in app.multiselect if m.label == "Methods")
+    methods.set_value(["gradcam", "eigencam", "layercam"]).run()
+    assert not app.exception
+    assert len(app.get("image")) == one_method + 2
+    assert any("ROAD score" in c.value for c in app.caption)
+    true_class = next(s for s in app.selectbox if s.label == "True class")
+    assert "basophil" not in true_class.options  # blood-cells-64 comes first: 4 WBC classes
+    true_class.set_value("eosinophil").run()
+    assert not app.exception
+    assert any("true class **eosinophil**" in c.value for c in app.caption)
+    # the sidebar's dataset choice carries over to every page: PBC has 8 classes
+    _dataset_box(app).set_value("pbc-64").run()
+    assert not app.exception
+    assert "basophil" in next(s for s in app.selectbox if s.label == "True class").options
+    app.switch_page("pages/upload.py").run()
+    assert _dataset_box(app).value == "pbc-64"
+    assert any("trained on **pbc-64**" in c.value for c in app.caption)
+
+
+def test_upload_page_classifies_real_images_and_reports_bad_ones(monkeypatch, store, data_root):
+    app = _app(monkeypatch, store).run()
+    _dataset_box(app).set_value("pbc-64").run()
+    app.switch_page("pages/upload.py").run()
+    assert not app.exception
+    original = (data_root / "pbc-originals" / "monocyte").iterdir().__next__().read_bytes()
+    app.file_uploader[0].set_value(
+        [
+            ("field.jpg", original, "image/jpeg"),
+            ("broken.jpg", b"definitely not a jpeg", "image/jpeg"),
+        ]
+    ).run()
+    assert not app.exception
+    assert any("broken.jpg: not an image file" in e.value for e in app.error)
+    assert any("framing: full" in c.value for c in app.caption)
+    table = app.dataframe[0].value
+    assert list(table["path"]) == ["field.jpg", "broken.jpg"]
+    assert app.get("plotly_chart")
+    app.radio[0].set_value("One cropped cell").run()
+    assert any("framing: cell" in c.value for c in app.caption)

@@ -1,0 +1,78 @@
+"""Streamlit glue shared by the pages: cached loaders and the sidebar selection.
+
+Kept apart from the engine so that everything else in ``bloodviz`` imports without Streamlit.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
+
+
+@st.cache_data(show_spinner=False)
+def checkpoint_paths(fingerprint: tuple) -> dict[str, list[str]]:
+    """dataset key -> checkpoint folders, keyed on the store's fingerprint."""
+    found: dict[str, list[str]] = {}
+    for ckpt in list_checkpoints(fingerprint[0]):
+        found.setdefault(ckpt.dataset_key, []).append(str(ckpt.path))
+    return found
+
+
+@st.cache_resource(show_spinner=False)
+def checkpoint(path: str) -> Checkpoint:
+    return open_checkpoint(path)
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=12)
+def runner(path: str):
+    from bloodviz.predict import Runner
+
+    return Runner(checkpoint(path))
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=12)
+def explainer(path: str):
+    from bloodviz.explain import Explainer
+
+    ckpt = checkpoint(path)
+    return Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+
+
+@st.cache_resource(show_spinner="Indexing the dataset…")
+def dataset(name: str, size: int):
+    from bloodviz.data import get_dataset
+
+    return get_dataset(name, size)
+
+
+def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
+    """Dataset and models, chosen in the sidebar that app.py draws on every page.
+
+    Each dataset has its own models widget (its options differ); the resolved choice is kept
+    under a plain session key that the pages read with :func:`current_selection`.
+    """
+    available = checkpoint_paths(store_fingerprint())
+    if not available:
+        st.sidebar.info("No shipped checkpoints.")
+        st.session_state["_selection"] = (None, [])
+        return None, []
+    keys = sorted(available)
+    key = st.sidebar.selectbox("Dataset", keys, key="dataset")
+    ckpts = [checkpoint(p) for p in available[key]]
+    names = [c.model for c in ckpts]
+    selected = st.sidebar.multiselect("Models", names, default=names, key=f"models-{key}")
+    chosen = [c for c in ckpts if c.model in selected]
+    st.session_state["_selection"] = (key, [str(c.path) for c in chosen])
+    return key, chosen
+
+
+def train_hint(dataset_key: str | None = None) -> str:
+    dataset, _, size = (dataset_key or "pbc-64").rpartition("-")
+    return f"python -m bloodviz train --model resnet18 --dataset {dataset} --size {size}"
+
+
+def current_selection() -> tuple[str | None, list[Checkpoint]]:
+    """What the sidebar has chosen on this run."""
+    key, paths = st.session_state.get("_selection", (None, []))
+    return key, [checkpoint(p) for p in paths]

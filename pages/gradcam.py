@@ -1,0 +1,95 @@
+import io
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from bloodviz import ui
+from bloodviz.explain import CAM_METHODS, SLOW_METHODS, upscale
+from bloodviz.paths import DataNotFoundError
+
+st.title("Grad-CAM explorer")
+key, ckpts = ui.current_selection()
+if not ckpts:
+    st.info(
+        f"Choose a dataset and models in the sidebar. No checkpoint yet? `{ui.train_hint(key)}`"
+    )
+    st.stop()
+first = ckpts[0]
+classes = first.preprocessing.class_names
+try:
+    data = ui.dataset(first.dataset, first.size)
+except (DataNotFoundError, ValueError) as exc:
+    st.warning(
+        f"The test images are not on this machine ({exc}). Set BLOODVIZ_DATA or use the "
+        "upload page to explain your own image."
+    )
+    st.stop()
+
+split = "test" if "test" in first.splits else first.splits[0]
+preds = first.predictions(split)
+confidence = preds.probs.max(1)
+with st.expander("Pick a test cell", expanded=True):
+    c1, c2, c3, c4 = st.columns(4)
+    true_class = c1.selectbox("True class", ["any", *classes])
+    pred_class = c2.selectbox(f"Predicted by {first.model}", ["any", *classes])
+    outcome = c3.selectbox("Outcome", ["any", "correct", "misclassified"])
+    low, high = c4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05)
+    mask = (confidence >= low) & (confidence <= high)
+    if true_class != "any":
+        mask &= preds.labels == classes.index(true_class)
+    if pred_class != "any":
+        mask &= preds.predicted == classes.index(pred_class)
+    if outcome != "any":
+        mask &= (preds.predicted == preds.labels) == (outcome == "correct")
+    candidates = preds.ids[mask]
+    st.caption(f"{len(candidates)} of {len(preds.ids)} {split} cells match.")
+    if len(candidates) == 0:
+        st.stop()
+    sample = st.selectbox("Cell", candidates, key="gradcam_sample")
+
+methods = st.multiselect(
+    "Methods", list(CAM_METHODS), default=["gradcam"], format_func=lambda m: CAM_METHODS[m][0]
+)
+target_name = st.selectbox("Target class", ["predicted", *classes])
+image = first.preprocessing.prepare(data.open_image(sample), data.default_framing)
+truth = classes[preds.labels[list(preds.ids).index(sample)]]
+st.caption(f"**{sample}**, true class **{truth}**")
+
+grid = []
+progress = st.progress(0.0, text="Computing maps…")
+jobs = [(c, m) for c in ckpts for m in methods]
+for ckpt in ckpts:
+    explainer = ui.explainer(str(ckpt.path))
+    target = None if target_name == "predicted" else classes.index(target_name)
+    columns = st.columns(len(methods) + 1)
+    columns[0].image(upscale(image, 192), caption=ckpt.model)
+    probs = explainer.probabilities(image)
+    columns[0].write(f"{classes[int(probs.argmax())]} {probs.max():.1%}")
+    row_images = [upscale(image, 192)]
+    for col, method in zip(columns[1:], methods):
+        label = CAM_METHODS[method][0]
+        if method in SLOW_METHODS:
+            with st.spinner(f"{label} on {ckpt.model} (one pass per channel)…"):
+                result = explainer.explain(image, method, target, faithfulness=True)
+        else:
+            result = explainer.explain(image, method, target, faithfulness=True)
+        score = result.faithfulness["road_score"]
+        col.image(
+            upscale(result.overlay, 192),
+            caption=f"{label} → {classes[result.target]} · ROAD {score:+.3f} · "
+            f"{result.seconds * 1000:.0f} ms",
+        )
+        row_images.append(upscale(result.overlay, 192))
+        done = len(grid) * len(methods) + len(row_images) - 1
+        progress.progress(done / len(jobs), text=f"{done}/{len(jobs)} maps")
+    grid.append(np.concatenate(row_images, axis=1))
+progress.empty()
+st.caption(
+    "ROAD score = (LeRF − MoRF) / 2 at 50% of pixels imputed: higher means removing the "
+    "highlighted pixels hurts the prediction more than removing the others."
+)
+if grid:
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(grid, axis=0)).save(buffer, format="PNG")
+    st.download_button("Download grid (PNG)", buffer.getvalue(), f"gradcam-{key}.png", "image/png")
