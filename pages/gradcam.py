@@ -30,9 +30,19 @@ split = "test" if "test" in first.splits else first.splits[0]
 preds = first.predictions(split)
 confidence = preds.probs.max(1)
 with st.expander("Pick a test cell", expanded=True):
+    # ?true=<class>&pred=<class> presets the filters: a confusion-matrix cell links here
+    options = ["any", *classes]
+    preset_true = st.query_params.get("true", "any")
+    preset_pred = st.query_params.get("pred", "any")
     c1, c2, c3, c4 = st.columns(4)
-    true_class = c1.selectbox("True class", ["any", *classes])
-    pred_class = c2.selectbox(f"Predicted by {first.model}", ["any", *classes])
+    true_class = c1.selectbox(
+        "True class", options, index=options.index(preset_true) if preset_true in options else 0
+    )
+    pred_class = c2.selectbox(
+        f"Predicted by {first.model}",
+        options,
+        index=options.index(preset_pred) if preset_pred in options else 0,
+    )
     outcome = c3.selectbox("Outcome", ["any", "correct", "misclassified"])
     low, high = c4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05)
     mask = (confidence >= low) & (confidence <= high)

@@ -43,12 +43,11 @@ with st.spinner(f"Classifying {len(files)} image(s)…"):
 
 rows = result_rows(results, classes)
 table = pd.DataFrame(rows)
-if len(files) > 1:
-    st.subheader("Results")
-    st.dataframe(table, hide_index=True, width="stretch")
-    st.download_button(
-        "Download CSV", table.to_csv(index=False), "bloodviz-predictions.csv", "text/csv"
-    )
+st.subheader("Results")
+st.dataframe(table, hide_index=True, width="stretch")
+st.download_button(
+    "Download CSV", table.to_csv(index=False), "bloodviz-predictions.csv", "text/csv"
+)
 
 for result in results[:20]:
     st.divider()

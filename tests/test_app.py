@@ -139,3 +139,50 @@ def test_upload_page_classifies_real_images_and_reports_bad_ones(monkeypatch, st
     assert app.get("plotly_chart")
     app.radio[0].set_value("One cropped cell").run()
     assert any("framing: cell" in c.value for c in app.caption)
+
+
+def test_page_and_cli_agree_on_the_same_image(monkeypatch, store, data_root, tmp_path):
+    import pandas as pd
+
+    image = sorted((data_root / "pbc-originals" / "lymphocyte").iterdir())[0]
+    out = tmp_path / "cli.csv"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bloodviz",
+            "predict",
+            str(image),
+            "--dataset",
+            "pbc",
+            "--model",
+            "cnn_baseline",
+            "--csv",
+            str(out),
+        ],
+        cwd=REPO,
+        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(store)},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    cli = pd.read_csv(out).iloc[0]
+    app = _app(monkeypatch, store).run()
+    _dataset_box(app).set_value("pbc-64").run()
+    app.switch_page("pages/upload.py").run()
+    app.file_uploader[0].set_value([(image.name, image.read_bytes(), "image/jpeg")]).run()
+    assert not app.exception
+    page = app.dataframe[0].value.iloc[0]
+    assert page["predicted"] == cli["predicted"]
+    columns = [c for c in cli.index if c.startswith("p_")]
+    assert max(abs(float(page[c]) - float(cli[c])) for c in columns) < 1e-5
+
+
+def test_gradcam_filters_preset_from_query(monkeypatch, store):
+    app = _app(monkeypatch, store)
+    app.query_params["true"] = "eosinophil"
+    app.query_params["pred"] = "eosinophil"
+    app.run()
+    app.switch_page("pages/gradcam.py").run()
+    assert not app.exception
+    assert next(s for s in app.selectbox if s.label == "True class").value == "eosinophil"

@@ -1,0 +1,126 @@
+"""Interactive-path benchmark: CAM methods, first overlay, single and batch classification.
+
+``python -m bloodviz.uibench --dataset pbc-64 --model resnet18`` prints
+- per CAM method: median and IQR of one map on one real test cell after warm-up;
+- the first overlay in a fresh process, from loading the checkpoint to the overlay;
+- one upload (decode, frame, classify) after warm-up, through the runner the app uses;
+- a batch of 100 real uploads through :func:`bloodviz.predict.classify`.
+Figures are medians over repeats; the thread count is fixed and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from bloodviz.checkpoints import checkpoint_dir, open_checkpoint
+from bloodviz.data import get_dataset
+from bloodviz.explain import CAM_METHODS, SLOW_METHODS, Explainer
+from bloodviz.predict import Runner, classify
+
+
+def _median_iqr(samples: list[float]) -> tuple[float, float]:
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return float(med), float(q3 - q1)
+
+
+def first_overlay_seconds(path: str, sample: str) -> float:
+    """Fresh process: open checkpoint, load model, decode the cell, draw one Grad-CAM overlay."""
+    code = f"""
+import time, json
+t0 = time.perf_counter()
+from bloodviz.checkpoints import open_checkpoint
+from bloodviz.data import get_dataset
+from bloodviz.explain import Explainer
+ckpt = open_checkpoint({path!r})
+data = get_dataset(ckpt.dataset, ckpt.size)
+cell = ckpt.preprocessing.prepare(data.open_image({sample!r}), data.default_framing)
+Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing).explain(cell, "gradcam")
+print(json.dumps({{"seconds": time.perf_counter() - t0}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bloodviz.uibench")
+    parser.add_argument("--dataset", default="pbc-64", help="dataset key, e.g. pbc-64")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--slow-repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt = open_checkpoint(checkpoint_dir(args.dataset, args.model))
+    data = get_dataset(ckpt.dataset, ckpt.size)
+    preds = ckpt.predictions("test")
+    sample = str(preds.ids[0])
+    cell = ckpt.preprocessing.prepare(data.open_image(sample), data.default_framing)
+    print(f"{args.model} on {args.dataset}, cell {sample}, torch threads {torch.get_num_threads()}")
+
+    explainer = Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+    print(f"{'method':14s} {'median ms':>10s} {'IQR ms':>8s} {'runs':>5s}")
+    for method in CAM_METHODS:
+        repeats = args.slow_repeats if method in SLOW_METHODS else args.repeats
+        explainer.explain(cell, method)  # warm-up
+        times = []
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            explainer.explain(cell, method)
+            times.append((time.perf_counter() - tick) * 1000)
+        med, iqr = _median_iqr(times)
+        print(f"{method:14s} {med:10.1f} {iqr:8.1f} {repeats:5d}")
+
+    firsts = [first_overlay_seconds(str(ckpt.path), sample) for _ in range(3)]
+    print(
+        f"first Grad-CAM overlay in a fresh process (imports + load + map): "
+        f"median {np.median(firsts):.2f} s over 3 runs"
+    )
+
+    runner = Runner(ckpt)
+    upload = data.open_image(sample)
+    import io
+
+    buffer = io.BytesIO()
+    upload.convert("RGB").save(buffer, format="PNG")
+    payload = [("cell.png", buffer.getvalue())]
+    classify(payload, [ckpt], {ckpt.model: runner})  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        tick = time.perf_counter()
+        classify(payload, [ckpt], {ckpt.model: runner})
+        times.append((time.perf_counter() - tick) * 1000)
+    med, iqr = _median_iqr(times)
+    print(
+        f"one upload (decode + frame + classify, {runner.backend}): median {med:.1f} ms, "
+        f"IQR {iqr:.1f} ms over {args.repeats}"
+    )
+
+    files = []
+    for sid in preds.ids[: args.batch]:
+        buffer = io.BytesIO()
+        data.open_image(str(sid)).convert("RGB").save(buffer, format="JPEG", quality=95)
+        files.append((str(sid), buffer.getvalue()))
+    batch_times = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        results = classify(files, [ckpt], {ckpt.model: runner})
+        batch_times.append(time.perf_counter() - tick)
+    assert all(r.error is None for r in results)
+    print(
+        f"batch of {len(files)} real JPEG uploads: median {np.median(batch_times):.2f} s "
+        f"over 3 runs"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run`.
+
+Opens every page with the shipped checkpoints, finds its key element, uploads a real full-size
+PBC original, and saves a screenshot per page to test-artifacts/screenshots/.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = REPO / "test-artifacts" / "screenshots"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        pytest.fail("chromium is missing: .ci/run installs Debian's chromium", pytrace=False)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(REPO / "checkpoints")},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        tab = browser.new_page(viewport={"width": 1280, "height": 720})
+        tab.set_default_timeout(90_000)
+        tab.goto(server)
+        yield tab
+        browser.close()
+
+
+def _no_exception(tab):
+    assert tab.locator("[data-testid=stException]").count() == 0
+
+
+def test_checkpoint_page(page):
+    expect(page.get_by_role("heading", name="bloodviz: shipped checkpoints")).to_be_visible()
+    expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
+    _no_exception(page)
+    page.screenshot(path=str(SHOTS / "1-checkpoints.png"), full_page=True)
+
+
+def test_gradcam_page(page):
+    page.get_by_role("link", name="Grad-CAM explorer").click()
+    expect(page.get_by_role("heading", name="Grad-CAM explorer")).to_be_visible()
+    expect(page.get_by_text("ROAD score =")).to_be_visible()
+    expect(page.locator("[data-testid=stImage]").nth(1)).to_be_visible()
+    sidebar = page.locator("[data-testid=stSidebar]")
+    expect(sidebar.get_by_text("Dataset")).to_be_visible()
+    _no_exception(page)
+    page.screenshot(path=str(SHOTS / "2-gradcam.png"), full_page=True)
+
+
+def test_upload_page_with_a_real_original(page, data_root):
+    page.get_by_role("link", name="Upload and classify").click()
+    expect(page.get_by_role("heading", name="Upload and classify")).to_be_visible()
+    expect(page.locator("[data-testid=stSidebar]").get_by_text("Models")).to_be_visible()
+    original = sorted((data_root / "pbc-originals" / "neutrophil").iterdir())[0]
+    page.locator("input[type=file]").set_input_files(str(original))
+    expect(page.get_by_text("framing: full")).to_be_visible()
+    expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
+    _no_exception(page)
+    page.screenshot(path=str(SHOTS / "3-upload.png"), full_page=True)
