@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import train_tiny
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -14,38 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """cnn_baseline for pbc-64 and blood-cells-64, trained by the CLI on small real subsets."""
-    root = tmp_path_factory.mktemp("ck")
-    env = {
-        **os.environ,
-        "BLOODVIZ_CHECKPOINTS": str(root),
-        "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs")),
-    }
-    for dataset in ("pbc", "blood-cells"):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bloodviz",
-                "train",
-                "--model",
-                "cnn_baseline",
-                "--dataset",
-                dataset,
-                "--size",
-                "64",
-                "--epochs",
-                "1",
-                "--limit-per-class",
-                "6",
-                "--quiet",
-            ],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    return root
+    return train_tiny(tmp_path_factory, datasets=("pbc", "blood-cells"))[0]
 
 
 @pytest.fixture(autouse=True)

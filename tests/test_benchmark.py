@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_tiny
 
 from bloodviz import benchmark
 from bloodviz.checkpoints import open_checkpoint
@@ -17,37 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ck")
-    env = {
-        **os.environ,
-        "BLOODVIZ_CHECKPOINTS": str(root),
-        "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs")),
-    }
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bloodviz",
-            "train",
-            "--model",
-            "cnn_baseline",
-            "--dataset",
-            "pbc",
-            "--size",
-            "28",
-            "--epochs",
-            "1",
-            "--limit-per-class",
-            "4",
-            "--quiet",
-        ],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return root, env
+    root, env = train_tiny(tmp_path_factory, size=28, limit=4)
+    return root, {**os.environ, **env}
 
 
 def test_flops_match_a_hand_count():

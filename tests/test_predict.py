@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import train_tiny
 from PIL import Image
 
 from bloodviz.checkpoints import open_checkpoint
@@ -18,37 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ckpt_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ck")
-    env = {
-        **os.environ,
-        "BLOODVIZ_CHECKPOINTS": str(root),
-        "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs")),
-    }
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bloodviz",
-            "train",
-            "--model",
-            "cnn_baseline",
-            "--dataset",
-            "pbc",
-            "--size",
-            "64",
-            "--epochs",
-            "2",
-            "--limit-per-class",
-            "8",
-            "--quiet",
-        ],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return root
+    return train_tiny(tmp_path_factory, epochs=2, limit=8)[0]
 
 
 @pytest.fixture(scope="module")

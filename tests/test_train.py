@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import run_bloodviz, train_tiny
 
 from bloodviz.checkpoints import open_checkpoint
 from bloodviz.models import create_model, list_models
@@ -20,39 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def bloodviz(*args, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "bloodviz", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_bloodviz(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """cnn_baseline trained 2 epochs on 12 real PBC images a class at 28 px."""
-    root = tmp_path_factory.mktemp("ckpt")
-    runs = tmp_path_factory.mktemp("runs")
-    env = {"BLOODVIZ_CHECKPOINTS": str(root), "BLOODVIZ_RUNS": str(runs)}
-    result = bloodviz(
-        "train",
-        "--model",
-        "cnn_baseline",
-        "--dataset",
-        "pbc",
-        "--size",
-        "28",
-        "--epochs",
-        "2",
-        "--limit-per-class",
-        "12",
-        "--quiet",
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    return root, env
+    return train_tiny(tmp_path_factory, size=28, epochs=2, limit=12)
 
 
 def test_checkpoint_contents(trained):

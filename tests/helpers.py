@@ -1,0 +1,51 @@
+"""Shared test helpers: run the CLI, train tiny real checkpoints."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bloodviz(*args: str, env: dict | None = None, timeout: int = 600, check: bool = False):
+    return subprocess.run(
+        [sys.executable, "-m", "bloodviz", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
+def train_tiny(
+    tmp_path_factory,
+    datasets=("pbc",),
+    size: int = 64,
+    epochs: int = 1,
+    limit: int = 6,
+    model: str = "cnn_baseline",
+) -> tuple[Path, dict]:
+    """Train ``model`` by the CLI on ``limit`` real images a class; return (store, env)."""
+    root = tmp_path_factory.mktemp("ck")
+    env = {"BLOODVIZ_CHECKPOINTS": str(root), "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs"))}
+    for dataset in datasets:
+        run_bloodviz(
+            "train",
+            "--model",
+            model,
+            "--dataset",
+            dataset,
+            "--size",
+            str(size),
+            "--epochs",
+            str(epochs),
+            "--limit-per-class",
+            str(limit),
+            "--quiet",
+            env=env,
+            check=True,
+        )
+    return root, env
