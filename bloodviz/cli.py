@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("overlay.png"))
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("datasets", help="list datasets found under the data root")
     p.add_argument("--data-root", default=None)
 
@@ -120,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "gradcam":
             return _gradcam(args)
+        if args.command == "zoo":
+            from bloodviz.zoo import format_zoo, zoo_rows
+
+            rows = zoo_rows(args.checkpoints)
+            print(json.dumps(rows) if args.json else format_zoo(rows))
+            return 0
         if args.command == "datasets":
             return _datasets(args)
         if args.command == "checkpoints":

@@ -158,3 +158,9 @@ def test_every_registered_model_trains_a_step(name):
     assert out.shape == (2, 8)
     out.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,count", [("lenet5", 1_516_952), ("alexnet000", 1_413_732)])
+def test_study_000_models_match_printed_parameter_counts(name, count):
+    model = create_model(name, num_classes=4, in_size=120)
+    assert sum(p.numel() for p in model.parameters()) == count
