@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("overlay.png"))
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser("sweep", help="train several models in turn, skipping up-to-date ones")
+    _add_data_args(p)
+    p.add_argument("--models", nargs="+", required=True, help="model names, or all")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-per-class", type=int, default=None)
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
     p.add_argument("--json", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
@@ -124,6 +134,25 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "gradcam":
             return _gradcam(args)
+        if args.command == "sweep":
+            from bloodviz.sweep import sweep
+
+            outcome = sweep(
+                args.dataset,
+                args.models,
+                size=args.size,
+                data_root=args.data_root,
+                checkpoints=args.checkpoints,
+                command=command_line,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                limit_per_class=args.limit_per_class,
+            )
+            for name, what in outcome.items():
+                print(f"{name:16s} {what}")
+            return 1 if any(w.startswith("failed") for w in outcome.values()) else 0
         if args.command == "zoo":
             from bloodviz.zoo import format_zoo, zoo_rows
 

@@ -164,3 +164,28 @@ def test_every_registered_model_trains_a_step(name):
 def test_study_000_models_match_printed_parameter_counts(name, count):
     model = create_model(name, num_classes=4, in_size=120)
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+def test_sweep_trains_then_skips_up_to_date(tmp_path):
+    env = {"BLOODVIZ_CHECKPOINTS": str(tmp_path / "ck"), "BLOODVIZ_RUNS": str(tmp_path / "runs")}
+    args = [
+        "sweep",
+        "--dataset",
+        "pbc",
+        "--size",
+        "28",
+        "--models",
+        "cnn_baseline",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--limit-per-class",
+        "4",
+    ]
+    first = bloodviz(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "cnn_baseline     trained" in first.stdout and "lenet5           trained" in first.stdout
+    second = bloodviz(*args, env=env)
+    assert "cnn_baseline     up to date" in second.stdout
+    third = bloodviz(*args[:-1], "5", env=env)  # other settings: trained again
+    assert "lenet5           trained" in third.stdout

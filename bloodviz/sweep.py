@@ -1,0 +1,68 @@
+"""Train a list of models in turn, skipping checkpoints that are already up to date."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from bloodviz.checkpoints import CheckpointError, checkpoint_dir, open_checkpoint
+from bloodviz.data import DEFAULT_SIZES
+from bloodviz.models import list_models
+from bloodviz.train import TrainConfig, train
+
+
+def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
+    """A checkpoint counts as up to date if it was trained with these very settings."""
+    key = f"{config.dataset}-{config.size}"
+    try:
+        ckpt = open_checkpoint(checkpoint_dir(key, config.model, checkpoints))
+    except CheckpointError:
+        return False
+    stored = dict(ckpt.run.get("config", {}))
+    wanted = asdict(config)
+    for field in ("device", "precision"):
+        stored.pop(field, None)
+        wanted.pop(field, None)
+    return stored == wanted
+
+
+def sweep(
+    dataset: str,
+    models: list[str],
+    size: int | None = None,
+    data_root: str | None = None,
+    checkpoints: Path | None = None,
+    command: str | None = None,
+    **settings,
+) -> dict[str, str]:
+    """Train each model (``all`` = every registered one); returns model -> what happened."""
+    names = list_models() if models == ["all"] else models
+    size = size or DEFAULT_SIZES.get(dataset, 64)
+    outcome: dict[str, str] = {}
+    bar = tqdm(names, desc=f"sweep {dataset}-{size}", unit="model")
+    for name in bar:
+        config = TrainConfig(model=name, dataset=dataset, size=size, **settings)
+        if is_up_to_date(config, checkpoints):
+            outcome[name] = "up to date"
+            continue
+        bar.set_postfix(model=name)
+
+        def log(message: str, name=name) -> None:
+            bar.set_postfix_str(f"{name}: {message[:60]}")
+
+        try:
+            train(
+                config,
+                data_root=data_root,
+                checkpoints=checkpoints,
+                progress=False,
+                command=command,
+                log=log,
+            )
+            outcome[name] = "trained"
+        except (ValueError, RuntimeError, NotImplementedError) as exc:
+            outcome[name] = f"failed: {exc}"
+            tqdm.write(f"{name}: {exc}")
+    return outcome
