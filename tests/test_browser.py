@@ -28,6 +28,9 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
+# first page loads import torch and load models on a 2-core machine: allow time
+expect.set_options(timeout=90_000)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -97,11 +100,19 @@ def _no_exception(tab):
     assert tab.locator("[data-testid=stException]").count() == 0
 
 
+def _shot(tab, name: str) -> None:
+    """Streamlit scrolls inside its own container: enlarge the viewport to capture it all."""
+    tab.set_viewport_size({"width": 1280, "height": 2200})
+    tab.wait_for_timeout(1500)
+    tab.screenshot(path=str(SHOTS / name))
+    tab.set_viewport_size({"width": 1280, "height": 720})
+
+
 def test_checkpoint_page(page):
     expect(page.get_by_role("heading", name="bloodviz: shipped checkpoints")).to_be_visible()
     expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
     _no_exception(page)
-    page.screenshot(path=str(SHOTS / "1-checkpoints.png"), full_page=True)
+    _shot(page, "1-checkpoints.png")
 
 
 def test_gradcam_page(page):
@@ -112,7 +123,7 @@ def test_gradcam_page(page):
     sidebar = page.locator("[data-testid=stSidebar]")
     expect(sidebar.get_by_text("Dataset")).to_be_visible()
     _no_exception(page)
-    page.screenshot(path=str(SHOTS / "2-gradcam.png"), full_page=True)
+    _shot(page, "2-gradcam.png")
 
 
 def test_upload_page_with_a_real_original(page, data_root):
@@ -123,5 +134,6 @@ def test_upload_page_with_a_real_original(page, data_root):
     page.locator("input[type=file]").set_input_files(str(original))
     expect(page.get_by_text("framing: full")).to_be_visible()
     expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
+    expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
     _no_exception(page)
-    page.screenshot(path=str(SHOTS / "3-upload.png"), full_page=True)
+    _shot(page, "3-upload.png")
