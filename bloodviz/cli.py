@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch/ORT threads (default: all)")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per figure")
+    p.add_argument("--min-time", type=float, default=3.0, help="seconds of timing per figure")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--stored", action="store_true", help="show stored results, measure nothing")
     p.add_argument("--json", action="store_true")

@@ -20,7 +20,19 @@ from bloodviz.models import create_model
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    """This process's own peak resident set (VmHWM), in MB.
+
+    Not getrusage's ru_maxrss: on Linux that survives fork and exec, so a probe started by a
+    process that already holds models would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB elsewhere
 
 
 def main(argv: list[str]) -> dict:

@@ -66,3 +66,30 @@ def test_bench_command_stores_and_shows(ckpt):
         timeout=300,
     )
     assert json.loads(shown.stdout)[0]["measured_at"] == stored["measured_at"]
+
+
+def test_memory_probe_is_not_inflated_by_its_parent(ckpt):
+    """A probe started by a process holding 1.5 GB must not report the parent's peak."""
+    root, env = ckpt
+    code = (
+        "import subprocess, sys, json\n"
+        "ballast = bytearray(1500 * 2**20)\n"
+        "for i in range(0, len(ballast), 4096): ballast[i] = 1\n"
+        "out = subprocess.run([sys.executable, '-m', 'bloodviz.memprobe', 'baseline'],"
+        " capture_output=True, text=True, check=True).stdout\n"
+        "print(out.strip().splitlines()[-1])\n"
+    )
+    alone = subprocess.run(
+        [sys.executable, "-m", "bloodviz.memprobe", "baseline"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    nested = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    alone_mb = json.loads(alone.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    nested_mb = json.loads(nested.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    assert abs(nested_mb - alone_mb) < 100, (alone_mb, nested_mb)
