@@ -130,6 +130,10 @@ def test_upload_page_with_a_real_original(page, data_root):
     page.get_by_role("link", name="Upload and classify").click()
     expect(page.get_by_role("heading", name="Upload and classify")).to_be_visible()
     expect(page.locator("[data-testid=stSidebar]").get_by_text("Models")).to_be_visible()
+    # a PBC original goes to the PBC models (the sidebar's first dataset is blood-cells)
+    page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").first.click()
+    page.get_by_role("option", name="pbc-64").click()
+    expect(page.get_by_text("trained on pbc-64")).to_be_visible()
     original = sorted((data_root / "pbc-originals" / "neutrophil").iterdir())[0]
     page.locator("input[type=file]").set_input_files(str(original))
     expect(page.get_by_text("framing: full")).to_be_visible()
