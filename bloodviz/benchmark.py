@@ -23,7 +23,7 @@ from torch.utils import benchmark as tbench
 from torch.utils.flop_counter import FlopCounterMode
 
 from bloodviz.checkpoints import WEIGHTS, Checkpoint, write_json
-from bloodviz.inference import hardware_info, versions
+from bloodviz.inference import hardware_info, softmax, versions
 from bloodviz.models import model_info
 from bloodviz.paths import cache_root
 
@@ -116,12 +116,13 @@ def bench_checkpoint(
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    model = ckpt.load_model().to(dev)
+    model = ckpt.load_model()
     size = ckpt.preprocessing.size
     info = model_info(ckpt.model)
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    flops = count_flops(ckpt.load_model(), size)
+    flops = count_flops(model, size)  # on CPU, before the model moves to the device
+    model = model.to(dev)
     rng = np.random.default_rng(0)
     one = torch.from_numpy(rng.standard_normal((1, 3, size, size)).astype(np.float32)).to(dev)
     batch = torch.from_numpy(rng.standard_normal((64, 3, size, size)).astype(np.float32)).to(dev)
@@ -154,7 +155,9 @@ def bench_checkpoint(
         "macs": flops // 2,
         "flops_counter": "torch.utils.flop_counter (2 FLOPs per MAC)",
         "input_size": size,
-        "latency_b1_ms": {k: v * 1e3 for k, v in lat.items() if k.endswith("_s")},
+        "latency_b1_ms": {
+            k.removesuffix("_s") + "_ms": v * 1e3 for k, v in lat.items() if k.endswith("_s")
+        },
         "latency_b1_runs": lat["runs"],
         "throughput_b64_ips": {
             "median": 64 / thr["median_s"],
@@ -169,9 +172,6 @@ def bench_checkpoint(
             "hardware": ckpt.run.get("hardware"),
         },
         "reported": info.reported_cost.__dict__ if info.reported_cost else None,
-    }
-    result["latency_b1_ms"] = {
-        k.replace("_s", "_ms"): v for k, v in result["latency_b1_ms"].items()
     }
     if with_onnx and device == "cpu":
         result["onnx"] = bench_onnx(ckpt, model, one, batch, threads, min_run_time)
@@ -207,9 +207,7 @@ def bench_onnx(ckpt, model, one, batch, threads, min_run_time) -> dict:
     thr = timing(lambda: session.run(None, {name: batch_np}), threads, min_run_time)
     with torch.inference_mode():
         ref = torch.softmax(model.cpu()(batch.cpu()), 1).numpy()
-    got = session.run(None, {name: batch_np})[0]
-    got = np.exp(got - got.max(1, keepdims=True))
-    got = got / got.sum(1, keepdims=True)
+    got = softmax(session.run(None, {name: batch_np})[0])
     diff = float(np.abs(ref - got).max())
     return {
         "runtime": f"onnxruntime {__import__('onnxruntime').__version__} CPUExecutionProvider",

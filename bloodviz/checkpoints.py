@@ -41,6 +41,16 @@ def checkpoint_dir(dataset_key: str, model: str, root: Path | None = None) -> Pa
     return Path(root or checkpoints_root()) / dataset_key / model
 
 
+def find_checkpoint(
+    dataset: str, model: str, size: int | None = None, root: Path | None = None
+) -> Checkpoint:
+    """Open the checkpoint of ``model`` on ``dataset`` (at its default size unless given)."""
+    from bloodviz.data import DEFAULT_SIZES
+
+    size = size or DEFAULT_SIZES.get(dataset, 64)
+    return open_checkpoint(checkpoint_dir(f"{dataset}-{size}", model, root))
+
+
 def write_atomic(final_dir: Path, fill: Callable[[Path], None]) -> Path:
     """Create ``final_dir`` by letting ``fill`` write a temporary sibling, then renaming it.
 
@@ -203,6 +213,10 @@ class Checkpoint:
     def metrics(self) -> dict:
         path = self.path / "metrics.json"
         return json.loads(path.read_text()) if path.exists() else {}
+
+    def eval_metrics(self) -> dict:
+        """Metrics of the evaluation splits (everything but the validation split)."""
+        return {split: m for split, m in self.metrics().items() if split != "val"}
 
     def history(self) -> pd.DataFrame:
         path = self.path / "history.csv"

@@ -262,18 +262,11 @@ def _bench(args, command_line: str) -> int:
     return 0
 
 
-def _open(dataset: str, size: int | None, model: str, root: Path | None):
-    from bloodviz.checkpoints import checkpoint_dir, open_checkpoint
-    from bloodviz.data import DEFAULT_SIZES
-
-    size = size or DEFAULT_SIZES.get(dataset, 64)
-    return open_checkpoint(checkpoint_dir(f"{dataset}-{size}", model, root))
-
-
 def _predict(args) -> int:
+    from bloodviz.checkpoints import find_checkpoint
     from bloodviz.predict import Runner, classify, result_rows, write_csv
 
-    ckpts = [_open(args.dataset, args.size, m, args.checkpoints) for m in args.model]
+    ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.model]
     files = []
     for path in args.paths:
         try:
@@ -308,10 +301,11 @@ def _predict(args) -> int:
 def _gradcam(args) -> int:
     from PIL import Image
 
+    from bloodviz.checkpoints import find_checkpoint
     from bloodviz.explain import Explainer, upscale
     from bloodviz.predict import default_framing, read_image
 
-    ckpt = _open(args.dataset, args.size, args.model, args.checkpoints)
+    ckpt = find_checkpoint(args.dataset, args.model, args.size, args.checkpoints)
     image = read_image(args.image.read_bytes(), str(args.image))
     framing = args.framing or default_framing(image, ckpt)
     cell = ckpt.preprocessing.prepare(image, framing)
@@ -352,10 +346,7 @@ def _checkpoints(args) -> int:
 
     rows = []
     for ckpt in list_checkpoints(args.checkpoints):
-        metrics = ckpt.metrics()
-        for split, m in metrics.items():
-            if split == "val":
-                continue
+        for split, m in ckpt.eval_metrics().items():
             rows.append(
                 {
                     "dataset": ckpt.dataset_key,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodviz.checkpoints import checkpoint_dir, open_checkpoint
-from bloodviz.data import DEFAULT_SIZES, get_dataset
+from bloodviz.checkpoints import find_checkpoint
+from bloodviz.data import get_dataset
 from bloodviz.inference import predict_probs
 from bloodviz.metrics import classification_summary
 
@@ -26,8 +26,7 @@ def evaluate_checkpoint(
     checkpoints: Path | None = None,
     n_boot: int = 1000,
 ) -> dict:
-    size = size or DEFAULT_SIZES.get(dataset, 64)
-    ckpt = open_checkpoint(checkpoint_dir(f"{dataset}-{size}", model, checkpoints))
+    ckpt = find_checkpoint(dataset, model, size, checkpoints)
     preds = ckpt.predictions(split)
     seed = ckpt.run.get("config", {}).get("seed", 0)
     summary = classification_summary(
@@ -35,7 +34,7 @@ def evaluate_checkpoint(
     )
     report = {
         "dataset": dataset,
-        "size": size,
+        "size": ckpt.size,
         "model": model,
         "split": split,
         **summary,
@@ -108,7 +107,7 @@ def format_report(report: dict) -> str:
         )
     lines += ["", "  confusion matrix (rows = truth, columns = prediction)"]
     names = report["class_names"]
-    width = max(6, max(len(n) for n in names[:]) if names else 6)
+    width = max([6, *map(len, names)])
     lines.append("  " + " " * width + " " + " ".join(f"{n[:6]:>6s}" for n in names))
     for name, row in zip(names, report["confusion_matrix"]):
         lines.append(f"  {name:{width}s} " + " ".join(f"{v:6d}" for v in row))

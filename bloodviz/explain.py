@@ -90,8 +90,11 @@ class Explainer:
         return self._cams[method]
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
+        return self._probabilities(self.prep.normalize(image))
+
+    def _probabilities(self, tensor: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            logits = self.model(self.prep.normalize(image))
+            logits = self.model(tensor)
         return torch.softmax(logits, 1)[0].double().numpy()
 
     def explain(
@@ -102,7 +105,7 @@ class Explainer:
         faithfulness: bool = False,
     ) -> Explanation:
         tensor = self.prep.normalize(image)
-        probs = self.probabilities(image)
+        probs = self._probabilities(tensor)
         target = int(np.argmax(probs)) if target is None else int(target)
         tick = time.perf_counter()
         grayscale = self._cam(method)(input_tensor=tensor, targets=[ClassifierOutputTarget(target)])

@@ -38,6 +38,13 @@ def pick_precision(requested: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of numpy logits, in float64 (for ONNX Runtime's outputs)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 @torch.no_grad()
 def predict_probs(
     model: torch.nn.Module,

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bloodviz.checkpoints import Checkpoint
-from bloodviz.inference import predict_probs
+from bloodviz.inference import predict_probs, softmax
 from bloodviz.preprocess import Framing
 
 MAX_UPLOAD_BYTES = 20 * 2**20
@@ -62,6 +62,8 @@ def read_image(data: bytes, name: str = "upload") -> Image.Image:
                     f"{name}: an {kind} {fmt} with {frames} frames; upload single images"
                 )
             image.load()
+    except InputError:
+        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise InputError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -69,8 +71,6 @@ def read_image(data: bytes, name: str = "upload") -> Image.Image:
             f"{name}: not an image file (its bytes are not JPEG, PNG, BMP, TIFF or WebP)"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
         raise InputError(f"{name}: the image is truncated or corrupt ({exc})") from exc
     return image
 
@@ -101,21 +101,12 @@ class Runner:
         if self._session is None:
             self._model = ckpt.load_model()
 
-    @property
-    def model(self):
-        if self._model is None:
-            self._model = self.ckpt.load_model()
-        return self._model
-
     def probs(self, images: np.ndarray) -> np.ndarray:
         prep = self.ckpt.preprocessing
         if self._session is None:
             return predict_probs(self._model, prep, images)
         x = prep.normalize(images).numpy()
-        logits = self._session.run(None, {self._session.get_inputs()[0].name: x})[0]
-        logits = logits - logits.max(1, keepdims=True)
-        exp = np.exp(logits.astype(np.float64))
-        return exp / exp.sum(1, keepdims=True)
+        return softmax(self._session.run(None, {self._session.get_inputs()[0].name: x})[0])
 
 
 def confidence_threshold(ckpt: Checkpoint, quantile: float = OOD_VAL_QUANTILE) -> float:

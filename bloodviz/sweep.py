@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bloodviz.checkpoints import CheckpointError, checkpoint_dir, open_checkpoint
+from bloodviz.checkpoints import CheckpointError, find_checkpoint
 from bloodviz.data import DEFAULT_SIZES
 from bloodviz.models import list_models
 from bloodviz.train import TrainConfig, train
 
 
 def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
-    """A checkpoint counts as up to date if it was trained with these very settings."""
-    key = f"{config.dataset}-{config.size}"
+    """A checkpoint is up to date if it was trained with settings a resume would accept."""
     try:
-        ckpt = open_checkpoint(checkpoint_dir(key, config.model, checkpoints))
-    except CheckpointError:
+        ckpt = find_checkpoint(config.dataset, config.model, config.size, checkpoints)
+        trained = TrainConfig(**ckpt.run.get("config", {}))
+    except (CheckpointError, TypeError):  # no checkpoint, or a run card of other settings
         return False
-    stored = dict(ckpt.run.get("config", {}))
-    wanted = asdict(config)
-    for field in ("device", "precision"):
-        stored.pop(field, None)
-        wanted.pop(field, None)
-    return stored == wanted
+    return trained.resume_key() == config.resume_key()
 
 
 def sweep(

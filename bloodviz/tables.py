@@ -14,9 +14,7 @@ def checkpoint_table(root: Path | None = None) -> pd.DataFrame:
     rows = []
     for ckpt in list_checkpoints(root):
         run = ckpt.run
-        for split, m in ckpt.metrics().items():
-            if split == "val":
-                continue
+        for split, m in ckpt.eval_metrics().items():
             rows.append(
                 {
                     "dataset": ckpt.dataset_key,

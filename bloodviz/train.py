@@ -303,12 +303,7 @@ def train(
     fp16 = _fp16_is_faithful(config.model, model, prep, val_data.images, len(dataset.class_names))
     if fp16:
         # ship and cache exactly what the fp16 file will reproduce
-        model.load_state_dict(
-            {
-                k: (v.half().float() if v.is_floating_point() else v)
-                for k, v in model.state_dict().items()
-            }
-        )
+        model.load_state_dict(_fp16_rounded(model.state_dict()))
     predictions = {
         split: Predictions(
             ids=data.ids,
@@ -370,18 +365,18 @@ def train(
     return out_dir
 
 
+def _fp16_rounded(state: dict) -> dict:
+    """The weights as an fp16 file will give them back (floats rounded, read as fp32)."""
+    return {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
 def _fp16_is_faithful(name, model, prep, images, num_classes) -> bool:
     """fp16 weights are kept only if every validation prediction stays the same."""
     if len(images) == 0:
         return True
     reference = predict_probs(model, prep, images)
     half = create_model(name, num_classes=num_classes, in_size=prep.size)
-    half.load_state_dict(
-        {
-            k: (v.half().float() if v.is_floating_point() else v)
-            for k, v in model.state_dict().items()
-        }
-    )
+    half.load_state_dict(_fp16_rounded(model.state_dict()))
     rounded = predict_probs(half, prep, images)
     return bool(np.array_equal(reference.argmax(1), rounded.argmax(1)))
 

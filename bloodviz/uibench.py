@@ -11,6 +11,7 @@ Figures are medians over repeats; the thread count is fixed and printed.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
@@ -95,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
     runner = Runner(ckpt)
     upload = data.open_image(sample)
-    import io
-
     buffer = io.BytesIO()
     upload.convert("RGB").save(buffer, format="PNG")
     payload = [("cell.png", buffer.getvalue())]

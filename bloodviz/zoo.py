@@ -18,13 +18,12 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
         model = create_model(name, num_classes=8, in_size=info.default_size)
         reproduced = {}
         for ckpt in shipped.get(name, []):
-            for split, m in ckpt.metrics().items():
-                if split != "val":
-                    reproduced[f"{ckpt.dataset_key}/{split}"] = {
-                        "accuracy": round(100 * m["accuracy"], 2),
-                        "macro_f1": round(100 * m["macro_f1"], 2),
-                        "pretrained": bool(ckpt.run.get("pretrained")),
-                    }
+            for split, m in ckpt.eval_metrics().items():
+                reproduced[f"{ckpt.dataset_key}/{split}"] = {
+                    "accuracy": round(100 * m["accuracy"], 2),
+                    "macro_f1": round(100 * m["macro_f1"], 2),
+                    "pretrained": bool(ckpt.run.get("pretrained")),
+                }
         rows.append(
             {
                 "model": name,

@@ -69,9 +69,9 @@ st.caption(f"**{sample}**, true class **{truth}**")
 grid = []
 progress = st.progress(0.0, text="Computing maps…")
 jobs = [(c, m) for c in ckpts for m in methods]
+target = None if target_name == "predicted" else classes.index(target_name)
 for ckpt in ckpts:
     explainer = ui.explainer(str(ckpt.path))
-    target = None if target_name == "predicted" else classes.index(target_name)
     columns = st.columns(len(methods) + 1)
     columns[0].image(upscale(image, 192), caption=ckpt.model)
     probs = explainer.probabilities(image)
