@@ -20,6 +20,11 @@ def run_bloodviz(*args: str, env: dict | None = None, timeout: int = 600, check:
     )
 
 
+def store_env(checkpoints: Path, runs: Path) -> dict:
+    """Environment that points the CLI at a checkpoint store and a run-state folder."""
+    return {"BLOODVIZ_CHECKPOINTS": str(checkpoints), "BLOODVIZ_RUNS": str(runs)}
+
+
 def train_tiny(
     tmp_path_factory,
     datasets=("pbc",),
@@ -30,7 +35,7 @@ def train_tiny(
 ) -> tuple[Path, dict]:
     """Train ``model`` by the CLI on ``limit`` real images a class; return (store, env)."""
     root = tmp_path_factory.mktemp("ck")
-    env = {"BLOODVIZ_CHECKPOINTS": str(root), "BLOODVIZ_RUNS": str(tmp_path_factory.mktemp("runs"))}
+    env = store_env(root, tmp_path_factory.mktemp("runs"))
     for dataset in datasets:
         run_bloodviz(
             "train",

@@ -1,12 +1,9 @@
 """The dashboard, rendered headless with Streamlit's AppTest over real (tiny) checkpoints."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import train_tiny
+from helpers import run_bloodviz, train_tiny
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,25 +113,17 @@ def test_page_and_cli_agree_on_the_same_image(monkeypatch, store, data_root, tmp
 
     image = sorted((data_root / "pbc-originals" / "lymphocyte").iterdir())[0]
     out = tmp_path / "cli.csv"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bloodviz",
-            "predict",
-            str(image),
-            "--dataset",
-            "pbc",
-            "--model",
-            "cnn_baseline",
-            "--csv",
-            str(out),
-        ],
-        cwd=REPO,
-        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(store)},
+    run_bloodviz(
+        "predict",
+        str(image),
+        "--dataset",
+        "pbc",
+        "--model",
+        "cnn_baseline",
+        "--csv",
+        str(out),
+        env={"BLOODVIZ_CHECKPOINTS": str(store)},
         check=True,
-        capture_output=True,
-        timeout=300,
     )
     cli = pd.read_csv(out).iloc[0]
     app = _app(monkeypatch, store).run()

@@ -1,20 +1,14 @@
 """Upload-and-classify: every bad input gets its own message; odd modes and framings work."""
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import train_tiny
+from helpers import run_bloodviz, train_tiny
 from PIL import Image
 
 from bloodviz.checkpoints import open_checkpoint
 from bloodviz.predict import InputError, Runner, classify, read_image, result_rows
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -144,29 +138,19 @@ def test_onnx_runner_agrees_with_pytorch(ckpt, original):
 def test_cli_predict_csv_matches_library(ckpt_root, ckpt, data_root, tmp_path):
     path = data_root / "pbc-originals" / "eosinophil"
     image = sorted(path.iterdir())[0]
-    env = {**os.environ, "BLOODVIZ_CHECKPOINTS": str(ckpt_root)}
     out = tmp_path / "p.csv"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bloodviz",
-            "predict",
-            str(image),
-            str(tmp_path / "missing.jpg"),
-            "--dataset",
-            "pbc",
-            "--model",
-            "cnn_baseline",
-            "--csv",
-            str(out),
-            "--pytorch",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_bloodviz(
+        "predict",
+        str(image),
+        str(tmp_path / "missing.jpg"),
+        "--dataset",
+        "pbc",
+        "--model",
+        "cnn_baseline",
+        "--csv",
+        str(out),
+        "--pytorch",
+        env={"BLOODVIZ_CHECKPOINTS": str(ckpt_root)},
     )
     assert result.returncode == 1 and "missing.jpg" in result.stderr
     import pandas as pd

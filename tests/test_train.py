@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import run_bloodviz, train_tiny
+from helpers import run_bloodviz, store_env, train_tiny
 
 from bloodviz.checkpoints import open_checkpoint
 from bloodviz.models import create_model, list_models
@@ -94,7 +94,7 @@ def test_verify_passes_then_catches_a_tampered_cache(trained):
 
 
 def test_killed_training_resumes_losing_at_most_one_epoch(tmp_path):
-    env = {"BLOODVIZ_CHECKPOINTS": str(tmp_path / "ck"), "BLOODVIZ_RUNS": str(tmp_path / "runs")}
+    env = store_env(tmp_path / "ck", tmp_path / "runs")
     args = [
         "train",
         "--model",
@@ -167,7 +167,7 @@ def test_study_000_models_match_printed_parameter_counts(name, count):
 
 
 def test_sweep_trains_then_skips_up_to_date(tmp_path):
-    env = {"BLOODVIZ_CHECKPOINTS": str(tmp_path / "ck"), "BLOODVIZ_RUNS": str(tmp_path / "runs")}
+    env = store_env(tmp_path / "ck", tmp_path / "runs")
     args = [
         "sweep",
         "--dataset",
