@@ -21,6 +21,40 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TRAINING_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "augment",
+    "seed",
+    "limit_per_class",
+    "precision",
+    "device",
+)
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``sweep``; unset ones fall back to the model's recipe,
+    then to TrainConfig's defaults (epochs 30, batch 128, lr 2e-3, weight decay 0.05...)."""
+    p.add_argument("--epochs", type=int, default=None, help="default 30")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128")
+    p.add_argument("--lr", type=float, default=None, help="default: the model's, else 2e-3")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 0.05 (AdamW)")
+    p.add_argument("--patience", type=int, default=None, help="early stopping, in epochs (8)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--fresh", action="store_true", help="discard a partial run instead of resuming")
+
+
+def _training_settings(args) -> dict:
+    return {name: getattr(args, name) for name in TRAINING_SETTINGS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bloodviz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,17 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write its checkpoint")
     p.add_argument("--model", required=True)
     _add_data_args(p)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--patience", type=int, default=8, help="early stopping, in epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--fresh", action="store_true", help="discard a partial run instead of resuming")
+    _add_training_args(p)
     p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint root folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -96,11 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train several models in turn, skipping up-to-date ones")
     _add_data_args(p)
     p.add_argument("--models", nargs="+", required=True, help="model names, or all")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit-per-class", type=int, default=None)
+    _add_training_args(p)
     p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
@@ -144,11 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 data_root=args.data_root,
                 checkpoints=args.checkpoints,
                 command=command_line,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                limit_per_class=args.limit_per_class,
+                fresh=args.fresh,
+                **_training_settings(args),
             )
             for name, what in outcome.items():
                 print(f"{name:16s} {what}")
@@ -176,20 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args, command_line: str) -> int:
     from bloodviz.train import TrainConfig, train
 
-    config = TrainConfig(
-        model=args.model,
-        dataset=args.dataset,
-        size=args.size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        augment=args.augment,
-        seed=args.seed,
-        limit_per_class=args.limit_per_class,
-        precision=args.precision,
-        device=args.device,
+    config = TrainConfig.for_model(
+        args.model, args.dataset, size=args.size, **_training_settings(args)
     )
     train(
         config,

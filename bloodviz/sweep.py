@@ -29,6 +29,7 @@ def sweep(
     data_root: str | None = None,
     checkpoints: Path | None = None,
     command: str | None = None,
+    fresh: bool = False,
     **settings,
 ) -> dict[str, str]:
     """Train each model (``all`` = every registered one); returns model -> what happened."""
@@ -37,7 +38,7 @@ def sweep(
     outcome: dict[str, str] = {}
     bar = tqdm(names, desc=f"sweep {dataset}-{size}", unit="model")
     for name in bar:
-        config = TrainConfig(model=name, dataset=dataset, size=size, **settings)
+        config = TrainConfig.for_model(name, dataset, size=size, **settings)
         if is_up_to_date(config, checkpoints):
             outcome[name] = "up to date"
             continue
@@ -52,11 +53,12 @@ def sweep(
                 data_root=data_root,
                 checkpoints=checkpoints,
                 progress=False,
+                fresh=fresh,
                 command=command,
                 log=log,
             )
             outcome[name] = "trained"
-        except (ValueError, RuntimeError, NotImplementedError) as exc:
+        except (ValueError, RuntimeError, NotImplementedError, OSError) as exc:
             outcome[name] = f"failed: {exc}"
             tqdm.write(f"{name}: {exc}")
     return outcome

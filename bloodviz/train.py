@@ -64,6 +64,13 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
 
+    @classmethod
+    def for_model(cls, model: str, dataset: str, **settings) -> TrainConfig:
+        """Defaults, then the model's recipe, then every setting given (``None`` = not given)."""
+        chosen = {**model_info(model).recipe}
+        chosen.update({k: v for k, v in settings.items() if v is not None})
+        return cls(model=model, dataset=dataset, **chosen)
+
     def resume_key(self) -> dict:
         """Settings that must match for a saved state to be continued."""
         key = asdict(self)
@@ -228,6 +235,10 @@ def train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                # study-specific terms: Keras-style L2 penalties, an autoencoder's MSE
+                extra = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+                if extra is not None:
+                    loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

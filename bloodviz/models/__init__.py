@@ -1,6 +1,6 @@
 """The model zoo. Importing this package registers every model."""
 
-from bloodviz.models import cnn, resnet, study000  # noqa: F401  (registration side effects)
+from bloodviz.models import cnn, resnet, study000, study002, study004  # noqa: F401  (registration side effects)
 from bloodviz.models.registry import (
     ModelInfo,
     Reported,

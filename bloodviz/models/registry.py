@@ -43,6 +43,10 @@ class ModelInfo:
     reported: tuple[Reported, ...] = field(default_factory=tuple)
     reported_cost: ReportedCost | None = None
     description: str = ""
+    # training settings this model needs instead of TrainConfig's defaults (e.g. a lower lr)
+    recipe: dict = field(default_factory=dict)
+    # the timm name whose ImageNet weights ``pretrained=True`` loads; "" = none exist
+    pretrained_source: str = ""
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -60,6 +64,8 @@ def register_model(
     reported: tuple[Reported, ...] = (),
     reported_cost: ReportedCost | None = None,
     description: str = "",
+    recipe: dict | None = None,
+    pretrained_source: str = "",
 ):
     """Register a builder ``fn(num_classes, in_size, pretrained) -> nn.Module`` under ``name``."""
 
@@ -78,6 +84,8 @@ def register_model(
             reported=tuple(reported),
             reported_cost=reported_cost,
             description=description,
+            recipe=dict(recipe or {}),
+            pretrained_source=pretrained_source,
         )
         return builder
 
