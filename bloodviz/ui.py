@@ -76,3 +76,57 @@ def current_selection() -> tuple[str | None, list[Checkpoint]]:
     """What the sidebar has chosen on this run."""
     key, paths = st.session_state.get("_selection", (None, []))
     return key, [checkpoint(p) for p in paths]
+
+
+# -- comparison pages ---------------------------------------------------------------------------
+@st.cache_data(show_spinner=False)
+def leaderboard(paths: tuple[str, ...], split: str):
+    from bloodviz.compare import leaderboard as build
+
+    return build([checkpoint(p) for p in paths], split)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def predictions(path: str, split: str):
+    return checkpoint(path).predictions(split)
+
+
+@st.cache_data(show_spinner=False)
+def class_counts(name: str, size: int) -> dict[str, dict[str, int]]:
+    return dataset(name, size).class_counts()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def cell_image(name: str, size: int, sample_id: str):
+    """The sample as the model saw it (the dataset's crop and size), as a uint8 array."""
+    data = dataset(name, size)
+    return data.preprocessing().prepare(data.open_image(sample_id), data.default_framing)
+
+
+def chart(fig, key: str | None = None) -> None:
+    """A plotly figure, full width, whose toolbar exports SVG/PNG."""
+    from bloodviz.plots import EXPORT_CONFIG
+
+    st.plotly_chart(fig, width="stretch", config=EXPORT_CONFIG, key=key)
+
+
+def table_download(frame, filename: str, label: str = "Download CSV") -> None:
+    st.download_button(label, frame.to_csv(index=False), filename, "text/csv", key=filename)
+
+
+def paths(ckpts: list[Checkpoint]) -> tuple[str, ...]:
+    return tuple(str(c.path) for c in ckpts)
+
+
+def need_models(key: str | None, ckpts: list[Checkpoint], at_least: int = 1) -> None:
+    """Stop the page with the exact command to run when too few models are chosen."""
+    if len(ckpts) >= at_least:
+        return
+    if key is None:
+        st.info(f"No checkpoint yet. Make one with\n\n`{train_hint(key)}`")
+    else:
+        st.info(
+            f"Choose at least {at_least} model(s) for {key} in the sidebar. To add another: "
+            f"`{train_hint(key)}`"
+        )
+    st.stop()

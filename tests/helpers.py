@@ -31,16 +31,16 @@ def train_tiny(
     size: int = 64,
     epochs: int = 1,
     limit: int = 6,
-    model: str = "cnn_baseline",
+    models: tuple[str, ...] = ("cnn_baseline",),
 ) -> tuple[Path, dict]:
-    """Train ``model`` by the CLI on ``limit`` real images a class; return (store, env)."""
+    """Train ``models`` by the CLI on ``limit`` real images a class; return (store, env)."""
     root = tmp_path_factory.mktemp("ck")
     env = store_env(root, tmp_path_factory.mktemp("runs"))
     for dataset in datasets:
         run_bloodviz(
-            "train",
-            "--model",
-            model,
+            "sweep",
+            "--models",
+            *models,
             "--dataset",
             dataset,
             "--size",
@@ -49,7 +49,6 @@ def train_tiny(
             str(epochs),
             "--limit-per-class",
             str(limit),
-            "--quiet",
             env=env,
             check=True,
         )

@@ -1,0 +1,344 @@
+"""Comparisons the dashboard shows, as pure functions of checkpoints and their predictions.
+
+Nothing here trains or evaluates a split: every figure comes from a checkpoint's cached
+predictions, metrics and benchmark results.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from bloodviz.checkpoints import Checkpoint, Predictions
+from bloodviz.models import list_models, model_info
+
+BENCH_FILE = "bench-cpu.json"
+
+# name in the leaderboard -> (label, higher is better, fits a log axis)
+COST_COLUMNS = {
+    "latency_ms": ("latency, batch 1 (ms)", False, True),
+    "throughput_ips": ("throughput, batch 64 (img/s)", True, True),
+    "parameters": ("parameters", False, True),
+    "mflops": ("MFLOPs per image", False, True),
+    "file_mb": ("checkpoint file (MB)", False, True),
+    "memory_mb": ("inference memory over baseline (MB)", False, True),
+}
+QUALITY_COLUMNS = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "auc": "ROC-AUC (OvR)",
+    "ece": "ECE (lower is better)",
+}
+
+
+def bench_results(ckpt: Checkpoint) -> dict:
+    """The checkpoint's stored CPU benchmark, or {} if it has not been benchmarked."""
+    path = ckpt.path / BENCH_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
+    """One row per checkpoint: quality on ``split`` with 95% intervals, then cost figures."""
+    rows = []
+    for ckpt in ckpts:
+        metrics = ckpt.metrics().get(split)
+        if metrics is None:
+            continue
+        info = _info(ckpt.model)
+        bench = bench_results(ckpt)
+        run = ckpt.run
+        weights = ckpt.path / "model.safetensors"
+        rows.append(
+            {
+                "model": ckpt.model,
+                "name": run.get("display_name", ckpt.model),
+                "family": run.get("family") or (info.family if info else "other"),
+                "study": (info.study or "-")[:3] if info else "-",
+                "accuracy": metrics["accuracy"],
+                "accuracy_lo": metrics["accuracy_ci95"][0],
+                "accuracy_hi": metrics["accuracy_ci95"][1],
+                "macro_f1": metrics["macro_f1"],
+                "macro_f1_lo": metrics["macro_f1_ci95"][0],
+                "macro_f1_hi": metrics["macro_f1_ci95"][1],
+                "auc": metrics["auc_ovr"],
+                "ece": metrics["ece"],
+                "latency_ms": _get(bench, "latency_b1_ms", "median_ms"),
+                "throughput_ips": _get(bench, "throughput_b64_ips", "median"),
+                "parameters": run.get("parameters"),
+                "mflops": bench["flops"] / 1e6 if bench.get("flops") else None,
+                "file_mb": weights.stat().st_size / 2**20 if weights.exists() else None,
+                "memory_mb": _get(bench, "memory_mb", "infer_over_baseline"),
+                "n": metrics["n"],
+                "pretrained": "ImageNet" if run.get("pretrained") else "from scratch",
+                "epochs": run.get("epochs_run"),
+                "trained_on": run.get("hardware", {}).get("gpu") or run.get("device"),
+                "benchmarked": bool(bench),
+                "path": str(ckpt.path),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values("accuracy", ascending=False, ignore_index=True)
+    return frame
+
+
+def _get(data: dict, *keys):
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _info(name: str):
+    try:
+        return model_info(name)
+    except KeyError:
+        return None
+
+
+def pareto_front(
+    cost: np.ndarray, quality: np.ndarray, lower_cost_better: bool = True
+) -> np.ndarray:
+    """Mask of points no other point beats on both axes (quality always higher-is-better)."""
+    cost = np.asarray(cost, dtype=float)
+    quality = np.asarray(quality, dtype=float)
+    if not lower_cost_better:
+        cost = -cost
+    valid = ~(np.isnan(cost) | np.isnan(quality))
+    front = np.zeros(len(cost), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid.copy()
+        others[i] = False
+        dominated = (
+            (cost[others] <= cost[i])
+            & (quality[others] >= quality[i])
+            & ((cost[others] < cost[i]) | (quality[others] > quality[i]))
+        )
+        front[i] = not dominated.any()
+    return front
+
+
+def classification_report_table(metrics: dict) -> pd.DataFrame:
+    """scikit-learn's classification report as a frame, plus per-class AUC."""
+    rows = [
+        {"class": name, **{k: v for k, v in m.items()}} for name, m in metrics["per_class"].items()
+    ]
+    frame = pd.DataFrame(rows)[["class", "precision", "recall", "f1", "support", "auc"]]
+    total = int(frame["support"].sum())
+    macro = frame[["precision", "recall", "f1", "auc"]].mean()
+    weights = frame["support"] / total
+    weighted = frame[["precision", "recall", "f1", "auc"]].mul(weights, axis=0).sum()
+    summary = pd.DataFrame(
+        [
+            {"class": "macro avg", **macro.to_dict(), "support": total},
+            {"class": "weighted avg", **weighted.to_dict(), "support": total},
+        ]
+    )
+    return pd.concat([frame, summary], ignore_index=True)
+
+
+def normalise_rows(cm: np.ndarray) -> np.ndarray:
+    """Each true-class row divided by its count (recall on the diagonal)."""
+    cm = np.asarray(cm, dtype=float)
+    totals = cm.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(totals > 0, cm / totals, 0.0)
+
+
+def most_confused(cm: np.ndarray) -> tuple[int, int]:
+    """(true, predicted) of the largest off-diagonal cell; (0, 0) when there is none."""
+    off = np.asarray(cm, dtype=float).copy()
+    np.fill_diagonal(off, -1)
+    if off.max() <= 0:
+        return 0, 0
+    true, pred = np.unravel_index(int(off.argmax()), off.shape)
+    return int(true), int(pred)
+
+
+def cell_samples(preds: Predictions, true: int, predicted: int) -> pd.DataFrame:
+    """The samples behind one confusion-matrix cell, least confident first."""
+    mask = (preds.labels == true) & (preds.predicted == predicted)
+    frame = pd.DataFrame(
+        {
+            "sample_id": preds.ids[mask],
+            "p_predicted": preds.probs[mask, predicted],
+            "p_true": preds.probs[mask, true],
+        }
+    )
+    return frame.sort_values("p_predicted", ignore_index=True)
+
+
+@dataclass
+class Curve:
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    area: float
+
+
+def roc_curves(preds: Predictions) -> list[Curve]:
+    """One-vs-rest ROC per class (scikit-learn), with the AUC of each."""
+    curves = []
+    for k, name in enumerate(preds.class_names):
+        positive = preds.labels == k
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, preds.probs[:, k])
+        curves.append(Curve(name, fpr, tpr, float(np.trapezoid(tpr, fpr))))
+    return curves
+
+
+def pr_curves(preds: Predictions) -> list[Curve]:
+    """One-vs-rest precision-recall per class, with average precision (step-wise area)."""
+    curves = []
+    for k, name in enumerate(preds.class_names):
+        positive = preds.labels == k
+        if not positive.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positive, preds.probs[:, k])
+        ap = float(-np.sum(np.diff(recall) * precision[:-1]))
+        curves.append(Curve(name, recall, precision, ap))
+    return curves
+
+
+def align(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
+    """Both models' predictions on the samples they share, in the same order."""
+    shared = np.intersect1d(a.ids, b.ids)
+    if len(shared) == 0:
+        raise ValueError("the two models share no evaluated sample")
+    if not np.array_equal(a.class_names, b.class_names):
+        raise ValueError("the two models do not predict the same classes")
+
+    def take(p: Predictions) -> Predictions:
+        order = {sid: i for i, sid in enumerate(p.ids)}
+        idx = np.array([order[s] for s in shared])
+        return Predictions(p.ids[idx], p.labels[idx], p.probs[idx], p.class_names)
+
+    return take(a), take(b)
+
+
+def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
+    """McNemar's exact test on paired predictions: does one model err where the other doesn't
+    more often than chance? ``b`` = only A right, ``c`` = only B right."""
+    right_a = np.asarray(pred_a) == np.asarray(y_true)
+    right_b = np.asarray(pred_b) == np.asarray(y_true)
+    b = int(np.sum(right_a & ~right_b))
+    c = int(np.sum(~right_a & right_b))
+    p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {
+        "n": int(len(right_a)),
+        "both_right": int(np.sum(right_a & right_b)),
+        "only_a_right": b,
+        "only_b_right": c,
+        "both_wrong": int(np.sum(~right_a & ~right_b)),
+        "p_value": p_value,
+    }
+
+
+def per_class_deltas(metrics_a: dict, metrics_b: dict, metric: str = "f1") -> pd.DataFrame:
+    """Per-class ``metric`` of A and B and B − A."""
+    rows = []
+    for name, a in metrics_a["per_class"].items():
+        b = metrics_b["per_class"].get(name)
+        if b is None:
+            continue
+        rows.append({"class": name, "a": a[metric], "b": b[metric], "delta": b[metric] - a[metric]})
+    return pd.DataFrame(rows)
+
+
+def disagreements(a: Predictions, b: Predictions) -> pd.DataFrame:
+    """Aligned samples on which the two models predict different classes."""
+    a, b = align(a, b)
+    mask = a.predicted != b.predicted
+    names = np.asarray(a.class_names)
+    return pd.DataFrame(
+        {
+            "sample_id": a.ids[mask],
+            "truth": names[a.labels[mask]],
+            "a_predicts": names[a.predicted[mask]],
+            "a_confidence": a.probs[mask].max(1),
+            "b_predicts": names[b.predicted[mask]],
+            "b_confidence": b.probs[mask].max(1),
+            "right": np.where(
+                a.predicted[mask] == a.labels[mask],
+                "A",
+                np.where(b.predicted[mask] == b.labels[mask], "B", "neither"),
+            ),
+        }
+    )
+
+
+SPLIT_MEANING = {
+    "test": "held-out test split",
+    "test_simple": "TEST_SIMPLE: 71 un-augmented cells, the honest check",
+    "validation": "validation split (selected on; optimistic)",
+    "train": "training split",
+}
+
+
+def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
+    """Every number a study reported beside ours on the closest like-for-like split.
+
+    Our match for a reported figure is the checkpoint of the same model on the same kind of
+    data (BloodMNIST numbers ↔ pbc; Kaggle numbers ↔ blood-cells) and the same split
+    (a study's 'validation' is compared with our val split, never with test).
+    """
+    shipped: dict[str, list[Checkpoint]] = {}
+    for ckpt in ckpts:
+        shipped.setdefault(ckpt.model, []).append(ckpt)
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        for reported in info.reported or ():
+            target_dataset = "pbc" if "BloodMNIST" in reported.dataset else "blood-cells"
+            target_split = {"validation": "val"}.get(reported.split, reported.split)
+            ours = [c for c in shipped.get(name, []) if c.dataset == target_dataset]
+            key = _metric_key(reported.metric)
+            ours_value, ours_ci, pretrained = None, None, None
+            where = "not trained yet" if key else "we do not compute this figure"
+            for ckpt in ours if key else []:
+                m = ckpt.metrics().get(target_split)
+                if m is None:
+                    continue
+                ours_value = 100 * m[key]
+                lo, hi = m.get(f"{key}_ci95", (None, None))
+                ours_ci = f"{100 * lo:.1f}–{100 * hi:.1f}" if lo is not None else ""
+                where = f"{ckpt.dataset_key} / {target_split} (n={m['n']})"
+                pretrained = "ImageNet" if ckpt.run.get("pretrained") else "from scratch"
+                break
+            rows.append(
+                {
+                    "model": name,
+                    "name": info.display_name,
+                    "study": (info.study or "-")[:3],
+                    "metric": reported.metric,
+                    "reported": reported.value,
+                    "reported on": f"{reported.dataset} / {reported.split}",
+                    "reported pretrained": "ImageNet" if reported.pretrained else "from scratch",
+                    "bloodviz": ours_value,
+                    "bloodviz 95% CI": ours_ci,
+                    "bloodviz on": where,
+                    "bloodviz pretrained": pretrained,
+                    "difference": None if ours_value is None else ours_value - reported.value,
+                    "note": reported.note,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _metric_key(metric: str) -> str | None:
+    # weighted F1 is what study 002 printed; our summaries carry it without an interval
+    return {"accuracy": "accuracy", "f1_weighted": "weighted_f1", "macro_f1": "macro_f1"}.get(
+        metric
+    )

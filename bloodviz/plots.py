@@ -1,0 +1,324 @@
+"""Plot builders: pure functions from frames and arrays to plotly figures (no Streamlit).
+
+Every figure uses one template and a font readable on a 1280x720 projector; plotly's own
+toolbar gives PNG export, and :data:`EXPORT_CONFIG` adds SVG.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from bloodviz.compare import COST_COLUMNS, QUALITY_COLUMNS, Curve, normalise_rows, pareto_front
+
+TEMPLATE = "plotly_white"
+FONT = {"size": 15}
+PALETTE = px.colors.qualitative.Safe
+# Streamlit's plotly_chart config: the toolbar's camera exports SVG as well as PNG
+EXPORT_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "svg", "filename": "bloodviz", "scale": 1},
+    "modeBarButtonsToAdd": ["toImage"],
+}
+
+
+def _style(fig: go.Figure, title: str, height: int = 480) -> go.Figure:
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title, "x": 0.01},
+        font=FONT,
+        height=height,
+        margin={"l": 60, "r": 20, "t": 60, "b": 60},
+        legend={"title": None},
+    )
+    return fig
+
+
+def tradeoff_scatter(
+    board: pd.DataFrame,
+    cost: str = "latency_ms",
+    quality: str = "accuracy",
+    log_x: bool | None = None,
+) -> go.Figure:
+    """Quality against a cost, coloured by family, with 95% error bars and the Pareto front."""
+    label, higher_better, loggable = COST_COLUMNS[cost]
+    data = board.dropna(subset=[cost, quality]).copy()
+    hover = {
+        "name": True,
+        "family": True,
+        "study": True,
+        "parameters": ":,",
+        "latency_ms": ":.2f",
+        "file_mb": ":.1f",
+        "pretrained": True,
+        "epochs": True,
+        cost: False,
+        quality: ":.4f",
+    }
+    error = {}
+    if f"{quality}_hi" in data:
+        error = {
+            "error_y": data[f"{quality}_hi"] - data[quality],
+            "error_y_minus": data[quality] - data[f"{quality}_lo"],
+        }
+    fig = px.scatter(
+        data,
+        x=cost,
+        y=quality,
+        color="family",
+        text="model",
+        hover_data={k: v for k, v in hover.items() if k in data},
+        log_x=loggable if log_x is None else log_x,
+        color_discrete_sequence=PALETTE,
+        **error,
+    )
+    fig.update_traces(textposition="top center", marker={"size": 12})
+    if len(data):
+        front = pareto_front(data[cost], data[quality], lower_cost_better=not higher_better)
+        frontier = data[front].sort_values(cost)
+        fig.add_trace(
+            go.Scatter(
+                x=frontier[cost],
+                y=frontier[quality],
+                mode="lines",
+                line={"color": "#444", "dash": "dot", "width": 2},
+                name="Pareto front",
+                hoverinfo="skip",
+            )
+        )
+    fig.update_xaxes(title=label)
+    fig.update_yaxes(title=QUALITY_COLUMNS.get(quality, quality))
+    return _style(fig, f"{QUALITY_COLUMNS.get(quality, quality)} vs {label}", height=540)
+
+
+def parallel_coordinates(board: pd.DataFrame, columns: list[str] | None = None) -> go.Figure:
+    """One line per model across quality and (log10) cost axes, coloured by accuracy."""
+    columns = columns or ["accuracy", "macro_f1", "ece", "latency_ms", "parameters", "mflops"]
+    columns = [c for c in columns if c in board and board[c].notna().any()]
+    dims = []
+    for c in columns:
+        values = board[c].astype(float)
+        loggable = c in COST_COLUMNS and COST_COLUMNS[c][2] and (values > 0).all()
+        label = COST_COLUMNS[c][0] if c in COST_COLUMNS else QUALITY_COLUMNS.get(c, c)
+        dims.append(
+            {
+                "label": f"log10 {label}" if loggable else label,
+                "values": np.log10(values) if loggable else values,
+            }
+        )
+    fig = go.Figure(
+        go.Parcoords(
+            line={"color": board["accuracy"], "colorscale": "Viridis", "showscale": True},
+            dimensions=dims,
+        )
+    )
+    return _style(fig, "All models across every axis (drag an axis to filter)", height=460)
+
+
+def per_class_bars(per_class: dict[str, dict], metric: str = "f1") -> go.Figure:
+    """Per-class ``metric`` for one or more models: {model: metrics['per_class']}."""
+    rows = [
+        {"model": model, "class": cls, metric: values[metric]}
+        for model, classes in per_class.items()
+        for cls, values in classes.items()
+    ]
+    fig = px.bar(
+        pd.DataFrame(rows),
+        x="class",
+        y=metric,
+        color="model",
+        barmode="group",
+        color_discrete_sequence=PALETTE,
+    )
+    fig.update_yaxes(range=[0, 1.02], title=metric)
+    return _style(fig, f"Per-class {metric}")
+
+
+def confusion_heatmap(
+    cm: np.ndarray, class_names: list[str] | tuple[str, ...], normalise: bool = False
+) -> go.Figure:
+    """Rows are true classes, columns predicted; counts, or rows normalised to recall."""
+    values = normalise_rows(cm) if normalise else np.asarray(cm)
+    fig = px.imshow(
+        values,
+        x=list(class_names),
+        y=list(class_names),
+        text_auto=".2f" if normalise else "d",
+        color_continuous_scale="Blues",
+        aspect="auto",
+        labels={"x": "predicted", "y": "true", "color": "share" if normalise else "cells"},
+    )
+    fig.update_xaxes(side="bottom", tickangle=-30)
+    return _style(fig, "Confusion matrix" + (" (row-normalised)" if normalise else ""), 560)
+
+
+def curves_figure(curves: list[Curve], kind: str) -> go.Figure:
+    """ROC (``kind='roc'``) or precision-recall (``'pr'``) curves, one per class."""
+    fig = go.Figure()
+    for i, curve in enumerate(curves):
+        label = "AUC" if kind == "roc" else "AP"
+        fig.add_trace(
+            go.Scatter(
+                x=curve.x,
+                y=curve.y,
+                mode="lines",
+                name=f"{curve.name} ({label} {curve.area:.3f})",
+                line={"color": PALETTE[i % len(PALETTE)], "width": 2},
+            )
+        )
+    if kind == "roc":
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                name="chance",
+                line={"dash": "dot", "color": "#999"},
+            )
+        )
+        fig.update_xaxes(title="false positive rate")
+        fig.update_yaxes(title="true positive rate")
+        title = "ROC curves, one class vs rest"
+    else:
+        fig.update_xaxes(title="recall")
+        fig.update_yaxes(title="precision")
+        title = "Precision-recall curves, one class vs rest"
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return _style(fig, title)
+
+
+def reliability_diagram(bins: dict[str, np.ndarray], ece: float) -> go.Figure:
+    """Accuracy per confidence bin against the diagonal, with bin counts as hover."""
+    centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+    width = float(bins["edges"][1] - bins["edges"][0])
+    used = bins["counts"] > 0
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=centres[used],
+            y=bins["accuracy"][used],
+            width=width * 0.95,
+            name="accuracy in bin",
+            marker_color=PALETTE[0],
+            customdata=np.stack([bins["counts"][used], bins["confidence"][used]], axis=1),
+            hovertemplate="confidence %{customdata[1]:.3f}<br>accuracy %{y:.3f}"
+            "<br>%{customdata[0]} cells<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="perfect calibration",
+            line={"dash": "dot", "color": "#444"},
+        )
+    )
+    fig.update_xaxes(title="confidence (top class)", range=[0, 1])
+    fig.update_yaxes(title="accuracy", range=[0, 1.02])
+    return _style(fig, f"Reliability diagram (ECE {ece:.4f})")
+
+
+def training_curves(history: pd.DataFrame) -> go.Figure:
+    """Loss and accuracy per epoch, train and validation."""
+    long = []
+    for column, (what, split) in {
+        "train_loss": ("loss", "train"),
+        "val_loss": ("loss", "validation"),
+        "train_accuracy": ("accuracy", "train"),
+        "val_accuracy": ("accuracy", "validation"),
+    }.items():
+        if column in history:
+            long.append(
+                pd.DataFrame(
+                    {
+                        "epoch": history["epoch"],
+                        "value": history[column],
+                        "metric": what,
+                        "split": split,
+                    }
+                )
+            )
+    frame = (
+        pd.concat(long, ignore_index=True)
+        if long
+        else pd.DataFrame(columns=["epoch", "value", "metric", "split"])
+    )
+    fig = px.line(
+        frame,
+        x="epoch",
+        y="value",
+        color="split",
+        facet_col="metric",
+        markers=True,
+        color_discrete_sequence=PALETTE,
+    )
+    fig.update_yaxes(matches=None, title=None)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    return _style(fig, "Training history")
+
+
+def delta_bars(deltas: pd.DataFrame, name_a: str, name_b: str, metric: str = "f1") -> go.Figure:
+    """Per-class B − A, green where B is better."""
+    colours = np.where(deltas["delta"] >= 0, "#2a9d8f", "#e76f51")
+    fig = go.Figure(
+        go.Bar(
+            x=deltas["class"],
+            y=deltas["delta"],
+            marker_color=colours,
+            customdata=deltas[["a", "b"]].to_numpy(),
+            hovertemplate=f"{name_a} %{{customdata[0]:.3f}}<br>{name_b} %{{customdata[1]:.3f}}"
+            "<br>difference %{y:+.3f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(title=f"{metric}: {name_b} − {name_a}", zeroline=True)
+    return _style(fig, f"Per-class {metric} difference")
+
+
+def class_balance(counts: dict[str, dict[str, int]]) -> go.Figure:
+    """Images per class and split: ``{split: {class: count}}``."""
+    rows = [
+        {"split": split, "class": cls, "images": n}
+        for split, classes in counts.items()
+        for cls, n in classes.items()
+    ]
+    fig = px.bar(
+        pd.DataFrame(rows),
+        x="class",
+        y="images",
+        color="split",
+        barmode="group",
+        color_discrete_sequence=PALETTE,
+    )
+    return _style(fig, "Class balance per split")
+
+
+def reported_vs_reproduced(table: pd.DataFrame) -> go.Figure:
+    """Each study figure (x) against our figure on the like-for-like split (y)."""
+    data = table.dropna(subset=["bloodviz"]).copy()
+    fig = px.scatter(
+        data,
+        x="reported",
+        y="bloodviz",
+        color="study",
+        symbol="metric",
+        hover_data=["name", "reported on", "bloodviz on", "note"],
+        color_discrete_sequence=PALETTE,
+    )
+    low = float(min(data["reported"].min(), data["bloodviz"].min(), 0)) if len(data) else 0
+    fig.add_trace(
+        go.Scatter(
+            x=[low, 100],
+            y=[low, 100],
+            mode="lines",
+            name="equal",
+            line={"dash": "dot", "color": "#444"},
+        )
+    )
+    fig.update_traces(marker={"size": 12}, selector={"mode": "markers"})
+    fig.update_xaxes(title="reported by the study (%)")
+    fig.update_yaxes(title="reproduced by bloodviz (%)")
+    return _style(fig, "Studies vs bloodviz (above the line: we did better)")

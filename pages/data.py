@@ -1,0 +1,51 @@
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from bloodviz import ui
+from bloodviz.paths import DataNotFoundError
+from bloodviz.plots import class_balance
+
+st.title("Data")
+key, ckpts = ui.current_selection()
+if key is None:
+    st.info(f"No checkpoint yet, so no dataset is chosen. `{ui.train_hint(key)}`")
+    st.stop()
+name, _, size = key.rpartition("-")
+try:
+    data = ui.dataset(name, int(size))
+    counts = ui.class_counts(name, int(size))
+except (DataNotFoundError, ValueError) as exc:
+    st.warning(
+        f"The {name} images are not on this machine ({exc}). Set BLOODVIZ_DATA, or fetch them "
+        f"with `python -m bloodviz download {name}`."
+    )
+    st.stop()
+st.caption(data.description)
+ui.chart(class_balance(counts), key="data_balance")
+table = pd.DataFrame(counts).fillna(0).astype(int)
+table.loc["total"] = table.sum()
+st.dataframe(table, width="stretch")
+ui.table_download(table.reset_index(names="class"), f"bloodviz-class-balance-{key}.csv")
+
+st.subheader("Sample gallery")
+c1, c2 = st.columns([1, 3])
+split = c1.selectbox("Split", list(counts), key="data_split")
+per_class = c2.slider("Cells per class", 2, 12, 6, key="data_per_class")
+ids, labels = data.sample_ids(split), data.labels(split)
+classes = list(data.preprocessing().class_names)
+seed = st.session_state.setdefault("data_seed", 0)
+if st.button("Shuffle", icon=":material/shuffle:"):
+    st.session_state["data_seed"] = seed = seed + 1
+rng = np.random.default_rng(seed)
+for k, cls in enumerate(classes):
+    members = np.flatnonzero(labels == k)
+    if len(members) == 0:
+        continue
+    chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
+    st.markdown(f"**{data.display_class(cls)}**: {len(members)} {split} images")
+    columns = st.columns(per_class)
+    for col, i in zip(columns, chosen):
+        col.image(
+            ui.cell_image(name, int(size), ids[i]), width="stretch", caption=ids[i].split("/")[-1]
+        )

@@ -1,0 +1,70 @@
+import streamlit as st
+
+from bloodviz import ui
+from bloodviz.compare import align, disagreements, mcnemar, per_class_deltas
+from bloodviz.paths import DataNotFoundError
+from bloodviz.plots import delta_bars
+
+st.title("Head-to-head")
+key, ckpts = ui.current_selection()
+ui.need_models(key, ckpts, at_least=2)
+
+by_name = {c.model: c for c in ckpts}
+names = list(by_name)
+label = lambda m: by_name[m].run.get("display_name", m)  # noqa: E731
+c1, c2, c3 = st.columns([2, 2, 1])
+name_a = c1.selectbox("Model A", names, index=0, format_func=label, key="h2h_a")
+name_b = c2.selectbox(
+    "Model B", [n for n in names if n != name_a], index=0, format_func=label, key="h2h_b"
+)
+a_ckpt, b_ckpt = by_name[name_a], by_name[name_b]
+splits = sorted((set(a_ckpt.splits) & set(b_ckpt.splits)) - {"val"}) or ["val"]
+split = c3.selectbox("Split", splits, key="h2h_split")
+
+pa, pb = align(ui.predictions(str(a_ckpt.path), split), ui.predictions(str(b_ckpt.path), split))
+test = mcnemar(pa.labels, pa.predicted, pb.predicted)
+acc_a, acc_b = (pa.predicted == pa.labels).mean(), (pb.predicted == pb.labels).mean()
+m1, m2, m3, m4 = st.columns(4)
+m1.metric(f"A: {name_a}", f"{acc_a:.4f}")
+m2.metric(f"B: {name_b}", f"{acc_b:.4f}", delta=f"{acc_b - acc_a:+.4f}")
+m3.metric("Cells they disagree on", f"{int((pa.predicted != pb.predicted).sum())}")
+m4.metric("McNemar exact p", f"{test['p_value']:.3g}")
+verdict = (
+    "the difference is unlikely to be chance (p < 0.05)"
+    if test["p_value"] < 0.05
+    else "the difference could well be chance (p ≥ 0.05)"
+)
+st.markdown(
+    f"On the **{test['n']}** {split} cells both models saw: both right {test['both_right']}, "
+    f"only A right **{test['only_a_right']}**, only B right **{test['only_b_right']}**, both "
+    f"wrong {test['both_wrong']}. McNemar's exact test on the discordant pairs: {verdict}."
+)
+
+metric = st.segmented_control(
+    "Metric", ["f1", "precision", "recall", "auc"], default="f1", required=True, key="h2h_metric"
+)
+deltas = per_class_deltas(a_ckpt.metrics()[split], b_ckpt.metrics()[split], metric)
+ui.chart(delta_bars(deltas, name_a, name_b, metric), key="h2h_deltas")
+
+st.subheader("Where they disagree")
+table = disagreements(pa, pb)
+only = st.segmented_control(
+    "Show", ["all", "A right", "B right", "neither"], default="all", required=True, key="h2h_only"
+)
+if only != "all":
+    table = table[table["right"] == only.split()[0]]
+st.caption(f"{len(table)} cell(s).")
+if len(table):
+    try:
+        columns = st.columns(6)
+        for i, row in enumerate(table.head(24).itertuples()):
+            columns[i % 6].image(
+                ui.cell_image(a_ckpt.dataset, a_ckpt.size, row.sample_id),
+                width="stretch",
+                caption=f"truth {row.truth} · A {row.a_predicts} ({row.a_confidence:.2f}) · "
+                f"B {row.b_predicts} ({row.b_confidence:.2f})",
+            )
+    except (DataNotFoundError, ValueError, OSError) as exc:
+        st.warning(f"The images are not on this machine ({exc}); the table still lists them.")
+    st.dataframe(table, hide_index=True, width="stretch")
+    ui.table_download(table, f"bloodviz-disagreements-{key}-{name_a}-{name_b}-{split}.csv")

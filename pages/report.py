@@ -1,0 +1,156 @@
+import numpy as np
+import streamlit as st
+
+from bloodviz import ui
+from bloodviz.compare import (
+    cell_samples,
+    classification_report_table,
+    most_confused,
+    pr_curves,
+    roc_curves,
+)
+from bloodviz.metrics import confusion_matrix, reliability_bins
+from bloodviz.paths import DataNotFoundError
+from bloodviz.plots import (
+    confusion_heatmap,
+    curves_figure,
+    per_class_bars,
+    reliability_diagram,
+    training_curves,
+)
+
+st.title("Model report")
+key, ckpts = ui.current_selection()
+ui.need_models(key, ckpts)
+
+by_name = {c.model: c for c in ckpts}
+c1, c2 = st.columns([3, 1])
+model = c1.selectbox(
+    "Model",
+    list(by_name),
+    format_func=lambda m: by_name[m].run.get("display_name", m),
+    key="report_model",
+)
+ckpt = by_name[model]
+splits = [s for s in ckpt.splits if s != "val"] or ckpt.splits
+split = c2.selectbox("Split", splits, key="report_split")
+metrics = ckpt.metrics()[split]
+preds = ui.predictions(str(ckpt.path), split)
+classes = list(ckpt.preprocessing.class_names)
+run = ckpt.run
+
+st.caption(
+    f"**{run.get('display_name', model)}** on {key} / {split}: n = {metrics['n']}, "
+    f"accuracy {metrics['accuracy']:.4f} (95% CI {metrics['accuracy_ci95'][0]:.4f}–"
+    f"{metrics['accuracy_ci95'][1]:.4f}), macro-F1 {metrics['macro_f1']:.4f}. "
+    f"Trained {run.get('epochs_run')} epochs on {run.get('device')} "
+    f"({'ImageNet-pretrained' if run.get('pretrained') else 'from scratch'}), "
+    f"finished {run.get('finished_at')}: `{run.get('command')}`"
+)
+
+tab_report, tab_confusion, tab_curves, tab_history = st.tabs(
+    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"]
+)
+with tab_report:
+    report = classification_report_table(metrics)
+    st.dataframe(
+        report,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.NumberColumn(format="%.4f")
+            for c in ("precision", "recall", "f1", "auc")
+        },
+    )
+    ui.table_download(report, f"bloodviz-report-{key}-{model}-{split}.csv")
+    metric = st.segmented_control(
+        "Metric",
+        ["f1", "precision", "recall", "auc"],
+        default="f1",
+        required=True,
+        key="report_metric",
+    )
+    others = st.multiselect("Compare with", [m for m in by_name if m != model], key="report_others")
+    per_class = {model: metrics["per_class"]}
+    for other in others:
+        other_metrics = by_name[other].metrics().get(split)
+        if other_metrics:
+            per_class[other] = other_metrics["per_class"]
+    ui.chart(per_class_bars(per_class, metric), key="report_bars")
+
+with tab_confusion:
+    cm = confusion_matrix(preds.labels, preds.predicted, len(classes))
+    normalise = st.toggle("Normalise rows (recall on the diagonal)", key="report_norm")
+    event = st.plotly_chart(
+        confusion_heatmap(cm, classes, normalise),
+        width="stretch",
+        on_select="rerun",
+        selection_mode="points",
+        key="report_cm",
+    )
+    picked = (event or {}).get("selection", {}).get("points", []) if event else []
+    if picked and picked[0].get("x") in classes and picked[0].get("y") in classes:
+        st.session_state["report_true"] = picked[0]["y"]
+        st.session_state["report_pred"] = picked[0]["x"]
+    default_true, default_pred = most_confused(cm)
+    # a cell chosen for another dataset's classes falls back to the most confused pair
+    if st.session_state.get("report_true") not in classes:
+        st.session_state["report_true"] = classes[default_true]
+    if st.session_state.get("report_pred") not in classes:
+        st.session_state["report_pred"] = classes[default_pred]
+    c1, c2 = st.columns(2)
+    true_name = c1.selectbox("True class", classes, key="report_true")
+    pred_name = c2.selectbox("Predicted class", classes, key="report_pred")
+    cell = cell_samples(preds, classes.index(true_name), classes.index(pred_name))
+    st.markdown(
+        f"**{len(cell)}** {split} cells of true class **{true_name}** predicted **{pred_name}** "
+        "(click a matrix cell, or choose above; least confident first)."
+    )
+    st.page_link(
+        "pages/gradcam.py",
+        label="Explain these cells with Grad-CAM",
+        icon=":material/local_fire_department:",
+        query_params={"true": true_name, "pred": pred_name},
+    )
+    if len(cell):
+        try:
+            shown = cell.head(24)
+            columns = st.columns(6)
+            for i, row in enumerate(shown.itertuples()):
+                image = ui.cell_image(ckpt.dataset, ckpt.size, row.sample_id)
+                columns[i % 6].image(
+                    image,
+                    width="stretch",
+                    caption=f"{row.sample_id.split('/')[-1]} · p({pred_name}) "
+                    f"{row.p_predicted:.2f} · p({true_name}) {row.p_true:.2f}",
+                )
+            if len(cell) > len(shown):
+                st.caption(f"Showing {len(shown)} of {len(cell)}; the table lists them all.")
+        except (DataNotFoundError, ValueError, OSError) as exc:
+            st.warning(f"The images are not on this machine ({exc}); the table still lists them.")
+        st.dataframe(cell, hide_index=True, width="stretch")
+
+with tab_curves:
+    c1, c2 = st.columns(2)
+    with c1:
+        ui.chart(curves_figure(roc_curves(preds), "roc"), key="report_roc")
+    with c2:
+        ui.chart(curves_figure(pr_curves(preds), "pr"), key="report_pr")
+    bins = reliability_bins(preds.labels, preds.probs)
+    ui.chart(reliability_diagram(bins, metrics["ece"]), key="report_reliability")
+    st.caption(
+        f"Mean confidence {np.mean(preds.probs.max(1)):.4f} vs accuracy {metrics['accuracy']:.4f}."
+    )
+
+with tab_history:
+    history = ckpt.history()
+    if history.empty:
+        st.info("This checkpoint has no training history.")
+    else:
+        ui.chart(training_curves(history), key="report_history")
+        st.caption(
+            f"Best validation accuracy {run.get('best_val_accuracy', float('nan')):.4f} at epoch "
+            f"{run.get('best_epoch')}; the checkpoint keeps that epoch's weights."
+            + (" Stopped early." if run.get("stopped_early") else "")
+        )
+        ui.table_download(history, f"bloodviz-history-{key}-{model}.csv")
