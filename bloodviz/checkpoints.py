@@ -37,6 +37,14 @@ class CheckpointError(ValueError):
     """A checkpoint folder or weights file is missing, damaged or not ours."""
 
 
+PRETRAINED_SUFFIX = "@imagenet"
+
+
+def checkpoint_name(model: str, pretrained: bool = False) -> str:
+    """Folder name of a checkpoint: a pretrained run sits beside the from-scratch one."""
+    return model + (PRETRAINED_SUFFIX if pretrained else "")
+
+
 def checkpoint_dir(dataset_key: str, model: str, root: Path | None = None) -> Path:
     return Path(root or checkpoints_root()) / dataset_key / model
 
@@ -193,6 +201,11 @@ class Checkpoint:
     run: dict
 
     @property
+    def name(self) -> str:
+        """The model name, with ``@imagenet`` for an ImageNet-pretrained run."""
+        return checkpoint_name(self.model, bool(self.run.get("pretrained")))
+
+    @property
     def dataset_key(self) -> str:
         return f"{self.dataset}-{self.size}"
 
@@ -222,13 +235,22 @@ class Checkpoint:
         path = self.path / "history.csv"
         return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
+    def build_model(self):
+        """The architecture this checkpoint was trained with, untrained, no download."""
+        from bloodviz.models import create_model
+        from bloodviz.models.registry import LAYOUT_ONLY
+
+        return create_model(
+            self.model,
+            num_classes=self.preprocessing.num_classes,
+            in_size=self.size,
+            pretrained=LAYOUT_ONLY if self.run.get("pretrained") else False,
+        )
+
     def load_model(self):
         """The trained network in eval mode, on CPU, weights checked against the registry."""
-        from bloodviz.models import create_model
 
-        model = create_model(
-            self.model, num_classes=self.preprocessing.num_classes, in_size=self.size
-        )
+        model = self.build_model()
         state = load_weights(self.path / WEIGHTS, expected_model=self.model)
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:

@@ -30,6 +30,7 @@ TRAINING_SETTINGS = (
     "augment",
     "seed",
     "limit_per_class",
+    "pretrained",
     "precision",
     "device",
 )
@@ -46,6 +47,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="start from ImageNet weights (online, or $BLOODVIZ_PRETRAINED_DIR); never silently",
+    )
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--fresh", action="store_true", help="discard a partial run instead of resuming")

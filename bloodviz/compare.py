@@ -60,7 +60,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         weights = ckpt.path / "model.safetensors"
         rows.append(
             {
-                "model": ckpt.model,
+                "model": ckpt.name,
                 "name": run.get("display_name", ckpt.model),
                 "family": run.get("family") or (info.family if info else "other"),
                 "study": (info.study or "-")[:3] if info else "-",

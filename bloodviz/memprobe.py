@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from bloodviz.checkpoints import open_checkpoint
-from bloodviz.models import create_model
 
 
 def peak_rss_mb() -> float:
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> dict:
             "top": int(probs.argmax()),
         }
     if mode == "train":
-        model = create_model(ckpt.model, num_classes=prep.num_classes, in_size=prep.size).train()
+        model = ckpt.build_model().train()
         optimizer = torch.optim.AdamW(model.parameters())
         x = torch.randn(64, 3, prep.size, prep.size)
         y = torch.randint(0, prep.num_classes, (64,))

@@ -140,8 +140,8 @@ def classify(
     classes = checkpoints[0].preprocessing.class_names
     if any(c.preprocessing.class_names != classes for c in checkpoints):
         raise ValueError("the chosen models do not share one set of classes")
-    runners = runners or {c.model: Runner(c) for c in checkpoints}
-    thresholds = {c.model: confidence_threshold(c) for c in checkpoints}
+    runners = runners or {c.name: Runner(c) for c in checkpoints}
+    thresholds = {c.name: confidence_threshold(c) for c in checkpoints}
     results = []
     for name, data in files:
         result = ImageResult(name)
@@ -157,18 +157,18 @@ def classify(
             cell = ckpt.preprocessing.prepare(image, chosen)
             if result.cell is None:
                 result.cell = cell
-            probs = runners[ckpt.model].probs(cell[None])[0]
-            result.per_model[ckpt.model] = probs
+            probs = runners[ckpt.name].probs(cell[None])[0]
+            result.per_model[ckpt.name] = probs
             notes = []
-            if probs.max() < thresholds[ckpt.model]:
+            if probs.max() < thresholds[ckpt.name]:
                 notes.append(
                     f"low confidence ({probs.max():.0%}, below what 95% of validation images "
-                    f"reach: {thresholds[ckpt.model]:.0%}); the image may be unlike the "
+                    f"reach: {thresholds[ckpt.name]:.0%}); the image may be unlike the "
                     "training data"
                 )
             elif probs.max() < MIN_CONFIDENCE:
                 notes.append(f"low confidence ({probs.max():.0%}): no class is likely")
-            result.warnings[ckpt.model] = notes
+            result.warnings[ckpt.name] = notes
         result.ensemble = np.mean(list(result.per_model.values()), axis=0)
         results.append(result)
     return results

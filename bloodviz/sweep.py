@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bloodviz.checkpoints import CheckpointError, find_checkpoint
+from bloodviz.checkpoints import CheckpointError, checkpoint_name, find_checkpoint
 from bloodviz.data import DEFAULT_SIZES
 from bloodviz.models import list_models
 from bloodviz.train import TrainConfig, train
@@ -15,7 +15,8 @@ from bloodviz.train import TrainConfig, train
 def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
     """A checkpoint is up to date if it was trained with settings a resume would accept."""
     try:
-        ckpt = find_checkpoint(config.dataset, config.model, config.size, checkpoints)
+        name = checkpoint_name(config.model, config.pretrained)
+        ckpt = find_checkpoint(config.dataset, name, config.size, checkpoints)
         trained = TrainConfig(**ckpt.run.get("config", {}))
     except (CheckpointError, TypeError):  # no checkpoint, or a run card of other settings
         return False

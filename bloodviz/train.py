@@ -28,6 +28,7 @@ from bloodviz.checkpoints import (
     FORMAT,
     Predictions,
     checkpoint_dir,
+    checkpoint_name,
     save_predictions,
     save_weights,
     write_atomic,
@@ -43,6 +44,7 @@ from bloodviz.inference import (
 )
 from bloodviz.metrics import classification_summary
 from bloodviz.models import create_model, model_info
+from bloodviz.models.registry import LAYOUT_ONLY
 from bloodviz.paths import runs_root
 
 
@@ -61,6 +63,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     limit_per_class: int | None = None
+    pretrained: bool = False
     precision: str = "auto"
     device: str = "auto"
 
@@ -143,8 +146,9 @@ def train(
     config.size = dataset.size
     device = pick_device(config.device)
     precision = pick_precision(config.precision, device)
-    out_dir = checkpoint_dir(dataset.key, config.model, checkpoints)
-    state_path = Path(runs or runs_root()) / dataset.key / config.model / "state.pt"
+    name = checkpoint_name(config.model, config.pretrained)
+    out_dir = checkpoint_dir(dataset.key, name, checkpoints)
+    state_path = Path(runs or runs_root()) / dataset.key / name / "state.pt"
     if fresh and state_path.exists():
         state_path.unlink()
 
@@ -160,7 +164,12 @@ def train(
     )
 
     torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes=len(dataset.class_names), in_size=dataset.size)
+    model = create_model(
+        config.model,
+        num_classes=len(dataset.class_names),
+        in_size=dataset.size,
+        pretrained=config.pretrained,
+    )
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -311,7 +320,9 @@ def train(
         for split in dataset.eval_splits
     }
     eval_data["val"] = val_data
-    fp16 = _fp16_is_faithful(config.model, model, prep, val_data.images, len(dataset.class_names))
+    fp16 = _fp16_is_faithful(
+        config.model, model, prep, val_data.images, len(dataset.class_names), config.pretrained
+    )
     if fp16:
         # ship and cache exactly what the fp16 file will reproduce
         model.load_state_dict(_fp16_rounded(model.state_dict()))
@@ -336,7 +347,10 @@ def train(
         "model": config.model,
         "display_name": info.display_name,
         "family": info.family,
-        "pretrained": False,
+        "pretrained": config.pretrained,
+        "pretrained_source": model_info(config.model).pretrained_source
+        if config.pretrained
+        else "",
         "adaptation": info.adaptation,
         "dataset_description": dataset.description,
         "config": asdict(config),
@@ -381,12 +395,17 @@ def _fp16_rounded(state: dict) -> dict:
     return {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
-def _fp16_is_faithful(name, model, prep, images, num_classes) -> bool:
+def _fp16_is_faithful(name, model, prep, images, num_classes, pretrained=False) -> bool:
     """fp16 weights are kept only if every validation prediction stays the same."""
     if len(images) == 0:
         return True
     reference = predict_probs(model, prep, images)
-    half = create_model(name, num_classes=num_classes, in_size=prep.size)
+    half = create_model(
+        name,
+        num_classes=num_classes,
+        in_size=prep.size,
+        pretrained=LAYOUT_ONLY if pretrained else False,
+    )
     half.load_state_dict(_fp16_rounded(model.state_dict()))
     rounded = predict_probs(half, prep, images)
     return bool(np.array_equal(reference.argmax(1), rounded.argmax(1)))

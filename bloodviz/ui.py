@@ -60,9 +60,9 @@ def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
     keys = sorted(available)
     key = st.sidebar.selectbox("Dataset", keys, key="dataset")
     ckpts = [checkpoint(p) for p in available[key]]
-    names = [c.model for c in ckpts]
+    names = [c.name for c in ckpts]
     selected = st.sidebar.multiselect("Models", names, default=names, key=f"models-{key}")
-    chosen = [c for c in ckpts if c.model in selected]
+    chosen = [c for c in ckpts if c.name in selected]
     st.session_state["_selection"] = (key, [str(c.path) for c in chosen])
     return key, chosen
 

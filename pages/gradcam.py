@@ -39,7 +39,7 @@ with st.expander("Pick a test cell", expanded=True):
         "True class", options, index=options.index(preset_true) if preset_true in options else 0
     )
     pred_class = c2.selectbox(
-        f"Predicted by {first.model}",
+        f"Predicted by {first.name}",
         options,
         index=options.index(preset_pred) if preset_pred in options else 0,
     )
@@ -73,14 +73,14 @@ target = None if target_name == "predicted" else classes.index(target_name)
 for ckpt in ckpts:
     explainer = ui.explainer(str(ckpt.path))
     columns = st.columns(len(methods) + 1)
-    columns[0].image(upscale(image, 192), caption=ckpt.model)
+    columns[0].image(upscale(image, 192), caption=ckpt.name)
     probs = explainer.probabilities(image)
     columns[0].write(f"{classes[int(probs.argmax())]} {probs.max():.1%}")
     row_images = [upscale(image, 192)]
     for col, method in zip(columns[1:], methods):
         label = CAM_METHODS[method][0]
         if method in SLOW_METHODS:
-            with st.spinner(f"{label} on {ckpt.model} (one pass per channel)…"):
+            with st.spinner(f"{label} on {ckpt.name} (one pass per channel)…"):
                 result = explainer.explain(image, method, target, faithfulness=True)
         else:
             result = explainer.explain(image, method, target, faithfulness=True)

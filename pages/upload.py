@@ -37,7 +37,7 @@ show_cam = st.toggle("Grad-CAM overlay", value=True)
 if not files:
     st.stop()
 
-runners = {c.model: ui.runner(str(c.path)) for c in ckpts}
+runners = {c.name: ui.runner(str(c.path)) for c in ckpts}
 with st.spinner(f"Classifying {len(files)} image(s)…"):
     results = classify([(f.name, f.getvalue()) for f in files], ckpts, runners, framing)
 
@@ -89,7 +89,7 @@ for result in results[:20]:
             top = int(np.argmax(explanation.probs))
             column.image(
                 upscale(explanation.overlay, 256),
-                caption=f"{ckpt.model}: Grad-CAM for {classes[top]}",
+                caption=f"{ckpt.name}: Grad-CAM for {classes[top]}",
             )
 if len(results) > 20:
     st.info(f"Showing details of the first 20 of {len(results)} images; all are in the table.")

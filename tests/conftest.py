@@ -13,9 +13,10 @@ def _isolated_cache(tmp_path_factory):
     """Decoded-array cache and training state go to temp folders, never into the repo."""
     cache = tmp_path_factory.mktemp("cache")
     runs = tmp_path_factory.mktemp("runs")
-    old = {k: os.environ.get(k) for k in ("BLOODVIZ_CACHE", "BLOODVIZ_RUNS")}
+    old = {k: os.environ.get(k) for k in ("BLOODVIZ_CACHE", "BLOODVIZ_RUNS", "HF_HUB_OFFLINE")}
     os.environ["BLOODVIZ_CACHE"] = str(cache)
     os.environ["BLOODVIZ_RUNS"] = str(runs)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # no ImageNet download attempts (and retries) in tests
     yield
     for key, value in old.items():
         if value is None:
@@ -51,3 +52,21 @@ def small_pbc(tmp_path, data_root) -> Path:
         writer.writeheader()
         writer.writerows(chosen)
     return out
+
+
+@pytest.fixture()
+def navigation_app(monkeypatch):
+    """Make AppTest treat app.py as the st.navigation app it is.
+
+    The real server ignores pages/ once st.navigation runs. AppTest resets its "legacy pages/
+    directory" flag before every run and, finding our pages/ folder, runs a page's file alone,
+    without app.py's sidebar (streamlit#9446). Hiding the folder from that one check restores
+    the server's behaviour.
+    """
+    import streamlit.runtime.pages_manager as pages_manager
+
+    class NoLegacyPagesDir(type(Path())):
+        def exists(self, *args, **kwargs):
+            return False if self.name == "pages" else super().exists(*args, **kwargs)
+
+    monkeypatch.setattr(pages_manager, "Path", NoLegacyPagesDir)

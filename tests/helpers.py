@@ -53,3 +53,15 @@ def train_tiny(
             check=True,
         )
     return root, env
+
+
+def app_test(monkeypatch, root: Path):
+    """The dashboard under Streamlit's AppTest, reading checkpoints from ``root``."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BLOODVIZ_CHECKPOINTS", str(root))
+    return AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+
+
+def dataset_box(app):
+    return next(s for s in app.sidebar.selectbox if s.label == "Dataset")

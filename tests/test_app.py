@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from helpers import run_bloodviz, train_tiny
+from helpers import app_test, dataset_box, run_bloodviz, train_tiny
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,31 +15,15 @@ def store(tmp_path_factory):
     return train_tiny(tmp_path_factory, datasets=("pbc", "blood-cells"))[0]
 
 
-@pytest.fixture(autouse=True)
-def _navigation_app(monkeypatch):
-    """Make AppTest treat app.py as the st.navigation app it is.
-
-    The real server ignores pages/ once st.navigation runs. AppTest resets its "legacy pages/
-    directory" flag before every run and, finding our pages/ folder, runs a page's file alone,
-    without app.py's sidebar (streamlit#9446). Hiding the folder from that one check restores
-    the server's behaviour.
-    """
-    import streamlit.runtime.pages_manager as pages_manager
-
-    class NoLegacyPagesDir(type(Path())):
-        def exists(self, *args, **kwargs):
-            return False if self.name == "pages" else super().exists(*args, **kwargs)
-
-    monkeypatch.setattr(pages_manager, "Path", NoLegacyPagesDir)
+pytestmark = pytest.mark.usefixtures("navigation_app")
 
 
 def _dataset_box(app):
-    return next(s for s in app.sidebar.selectbox if s.label == "Dataset")
+    return dataset_box(app)
 
 
 def _app(monkeypatch, root) -> AppTest:
-    monkeypatch.setenv("BLOODVIZ_CHECKPOINTS", str(root))
-    return AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    return app_test(monkeypatch, root)
 
 
 def test_empty_store_explains_how_to_train(monkeypatch, tmp_path):
@@ -53,6 +37,7 @@ def test_empty_store_explains_how_to_train(monkeypatch, tmp_path):
 
 def test_checkpoint_table_lists_and_filters(monkeypatch, store):
     app = _app(monkeypatch, store).run()
+    app.switch_page("pages/checkpoints.py").run()
     assert not app.exception
     table = app.dataframe[0].value
     assert set(table["dataset"]) == {"pbc-64", "blood-cells-64"}

@@ -1,6 +1,13 @@
 """The model zoo. Importing this package registers every model."""
 
-from bloodviz.models import cnn, resnet, study000, study002, study004  # noqa: F401  (registration side effects)
+from bloodviz.models import (  # noqa: F401  (imports register the models)
+    cnn,
+    imagenet,
+    resnet,
+    study000,
+    study002,
+    study004,
+)
 from bloodviz.models.registry import (
     ModelInfo,
     Reported,

@@ -102,10 +102,21 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
+LAYOUT_ONLY = "layout"
+
+
 def create_model(
-    name: str, num_classes: int, in_size: int | None = None, pretrained: bool = False
+    name: str, num_classes: int, in_size: int | None = None, pretrained: bool | str = False
 ) -> nn.Module:
+    """Build a registered model.
+
+    ``pretrained=True`` loads ImageNet weights (see ``models.pretrained``). Some adaptations
+    differ when ImageNet weights are kept (a pretrained 7x7 stem stays), so a checkpoint of a
+    pretrained run is rebuilt with ``pretrained="layout"``: that architecture, no download.
+    """
     info = model_info(name)
+    if pretrained and not info.pretrained_source:
+        raise ValueError(f"{name} has no ImageNet weights; train it without --pretrained")
     return info.builder(
         num_classes=num_classes, in_size=in_size or info.default_size, pretrained=pretrained
     )

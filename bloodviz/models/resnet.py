@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import timm
 import torch.nn as nn
 
+from bloodviz.models.pretrained import timm_model
 from bloodviz.models.registry import Reported, ReportedCost, register_model
 
 STUDY_002 = "002_015e41b8e293e97d.txt"
@@ -15,14 +15,17 @@ SMALL_INPUT_ADAPTATION = (
 )
 
 
-def adapt_resnet_stem(model: nn.Module) -> nn.Module:
+def adapt_resnet_stem(model: nn.Module, keep_weights: bool = False) -> nn.Module:
     """Swap a timm ResNet's ImageNet stem for one that keeps small inputs spatial.
 
     Full-resolution (stride-1) stems cost 4x the compute; on CPU training that is the
-    difference between minutes and an hour an epoch, so stride 2 is kept.
+    difference between minutes and an hour an epoch, so stride 2 is kept. With ImageNet
+    weights (``keep_weights``) the pretrained 7x7 stride-2 conv stays and only the max-pool
+    goes, which gives the same 4x4 last stage at 64 px.
     """
-    out_channels = model.conv1.out_channels
-    model.conv1 = nn.Conv2d(3, out_channels, 3, stride=2, padding=1, bias=False)
+    if not keep_weights:
+        out_channels = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(3, out_channels, 3, stride=2, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
@@ -36,7 +39,30 @@ def adapt_resnet_stem(model: nn.Module) -> nn.Module:
     reported=(
         Reported("accuracy", 95.67, "BloodMNIST 64x64", "test", note="'Resnet SGD'"),
         Reported("f1_weighted", 95.70, "BloodMNIST 64x64", "test", note="'Resnet SGD'"),
+        Reported(
+            "accuracy",
+            99.08,
+            "Kaggle blood-cells",
+            "test",
+            pretrained=True,
+            note="study 003, transfer learning (train accuracy 99.87)",
+        ),
+        Reported(
+            "accuracy",
+            85.7,
+            "Kaggle blood-cells (study's own size)",
+            "test",
+            note="study 004, torchvision resnet18 'imported as-is'",
+        ),
+        Reported(
+            "accuracy",
+            25.4,
+            "Kaggle blood-cells (study's own size)",
+            "test_simple",
+            note="study 004",
+        ),
     ),
+    pretrained_source="resnet18",
     reported_cost=ReportedCost(
         ms_per_step=10.35,
         memory_mb=42.71,
@@ -48,7 +74,5 @@ def adapt_resnet_stem(model: nn.Module) -> nn.Module:
     description="timm resnet18 with a small-input stem.",
 )
 def resnet18(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-    if pretrained:
-        raise NotImplementedError("pretrained ResNet-18 weights arrive with the model-zoo issue")
-    model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes)
-    return adapt_resnet_stem(model) if in_size < 160 else model
+    model = timm_model("resnet18", num_classes, pretrained)
+    return adapt_resnet_stem(model, keep_weights=pretrained) if in_size < 160 else model

@@ -1,0 +1,115 @@
+"""The comparison pages under AppTest, over real (tiny) checkpoints of two models per dataset."""
+
+import pytest
+from helpers import app_test, dataset_box, train_tiny
+
+pytestmark = pytest.mark.usefixtures("navigation_app")
+
+MODELS = ("cnn_baseline", "cnn002_4layer")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return train_tiny(tmp_path_factory, datasets=("pbc", "blood-cells"), limit=6, models=MODELS)[0]
+
+
+def _open(monkeypatch, store, page=None, dataset="pbc-64"):
+    app = app_test(monkeypatch, store).run()
+    assert not app.exception
+    dataset_box(app).set_value(dataset).run()
+    if page:
+        app.switch_page(page).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def _box(app, label):
+    return next(s for s in app.selectbox if s.label == label)
+
+
+def test_leaderboard_is_the_default_page_and_reacts(monkeypatch, store):
+    app = _open(monkeypatch, store)
+    assert app.title[0].value == "Leaderboard"
+    table = app.dataframe[0].value
+    assert len(table) == 2 and table["accuracy"].is_monotonic_decreasing
+    # tiny checkpoints are not benchmarked: no latency, so the scatter explains itself
+    assert len(app.get("plotly_chart")) == 1  # parallel coordinates only
+    assert any("latency" in i.value for i in app.info)
+    _box(app, "Cost").set_value("parameters").run()
+    assert not app.exception
+    charts = app.get("plotly_chart")
+    assert len(charts) == 2 and "parameters" in charts[0].proto.spec
+    _box(app, "Cost").set_value("file_mb").run()
+    assert "checkpoint file (MB)" in app.get("plotly_chart")[0].proto.spec
+    # deselecting a model in the sidebar shrinks the leaderboard
+    models = next(m for m in app.sidebar.multiselect if m.label == "Models")
+    models.set_value(["cnn_baseline"]).run()
+    assert len(app.dataframe[0].value) == 1
+    assert len(app.get("plotly_chart")) == 1  # the scatter; no parallel axes for one model
+
+
+def test_leaderboard_without_benchmarks_says_which_command(monkeypatch, store):
+    app = _open(monkeypatch, store)
+    assert any("python -m bloodviz bench" in c.value for c in app.caption)
+
+
+def test_report_page_tables_charts_and_confusion_cell(monkeypatch, store):
+    app = _open(monkeypatch, store, "pages/report.py")
+    report = app.dataframe[0].value
+    assert list(report["class"][-2:]) == ["macro avg", "weighted avg"]
+    assert len(report) == 8 + 2
+    # every tab is rendered: bars, heatmap, ROC, PR, reliability, training history
+    assert len(app.get("plotly_chart")) == 6
+    _box(app, "True class").set_value("basophil").run()
+    _box(app, "Predicted class").set_value("basophil").run()
+    assert not app.exception
+    assert any("true class **basophil** predicted **basophil**" in m.value for m in app.markdown)
+    _box(app, "Model").set_value("cnn002_4layer").run()
+    assert not app.exception
+    assert any("Basic CNN, 4 conv layers" in c.value for c in app.caption)
+    app.toggle[0].set_value(True).run()  # normalised confusion matrix
+    assert not app.exception
+
+
+def test_head_to_head_runs_mcnemar_and_lists_disagreements(monkeypatch, store):
+    app = _open(monkeypatch, store, "pages/head_to_head.py", dataset="blood-cells-64")
+    metrics = {m.label: m.value for m in app.metric}
+    assert "McNemar exact p" in metrics
+    disagree = int(metrics["Cells they disagree on"])
+    assert any("McNemar's exact test" in m.value for m in app.markdown)
+    if disagree:
+        assert len(app.dataframe[0].value) == disagree
+    _box(app, "Split").set_value("test_simple").run()
+    assert not app.exception
+    assert any("test_simple cells both models saw" in m.value for m in app.markdown)
+
+
+def test_head_to_head_needs_two_models(monkeypatch, store):
+    app = _open(monkeypatch, store)
+    next(m for m in app.sidebar.multiselect if m.label == "Models").set_value(["cnn_baseline"])
+    app.run()
+    app.switch_page("pages/head_to_head.py").run()
+    assert not app.exception
+    assert any("at least 2 model" in i.value for i in app.info)
+
+
+def test_studies_page_compares_like_with_like(monkeypatch, store):
+    app = _open(monkeypatch, store, "pages/studies.py")
+    table = app.dataframe[0].value
+    row = table[(table["model"] == "cnn002_4layer") & (table["metric"] == "accuracy")].iloc[0]
+    assert row["reported"] == 88.78 and row["bloodviz on"].startswith("pbc-64 / test")
+    studies = next(m for m in app.multiselect if m.label == "Studies")
+    studies.set_value(["002"]).run()
+    assert set(app.dataframe[0].value["study"]) == {"002"}
+    app.toggle[0].set_value(True).run()
+    assert app.dataframe[0].value["bloodviz"].notna().all()
+
+
+def test_data_page_balance_and_gallery(monkeypatch, store):
+    app = _open(monkeypatch, store, "pages/data.py")
+    counts = app.dataframe[0].value
+    assert counts.loc["total", "test"] > 3000  # the real PBC test split, not the tiny subset
+    images = len(app.get("image"))
+    assert images == 8 * 6
+    next(s for s in app.slider if s.label == "Cells per class").set_value(3).run()
+    assert len(app.get("image")) == 8 * 3
