@@ -321,7 +321,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                 {
                     "model": name,
                     "name": info.display_name,
-                    "study": (info.study or "-")[:3],
+                    "study": (reported.study or info.study or "-")[:3],
                     "metric": reported.metric,
                     "reported": reported.value,
                     "reported on": f"{reported.dataset} / {reported.split}",
@@ -331,10 +331,20 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                     "bloodviz on": where,
                     "bloodviz pretrained": pretrained,
                     "difference": None if ours_value is None else ours_value - reported.value,
+                    "like for like": _like_for_like(reported, ours_value, pretrained),
                     "note": reported.note,
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _like_for_like(reported, ours_value, ours_pretrained) -> str:
+    if ours_value is None:
+        return ""
+    theirs = "ImageNet" if reported.pretrained else "from scratch"
+    if theirs != ours_pretrained:
+        return f"no: study {theirs}, ours {ours_pretrained}"
+    return "yes"
 
 
 def _metric_key(metric: str) -> str | None:

@@ -96,7 +96,8 @@ def tradeoff_scatter(
 def parallel_coordinates(board: pd.DataFrame, columns: list[str] | None = None) -> go.Figure:
     """One line per model across quality and (log10) cost axes, coloured by accuracy."""
     columns = columns or ["accuracy", "macro_f1", "ece", "latency_ms", "parameters", "mflops"]
-    columns = [c for c in columns if c in board and board[c].notna().any()]
+    # an axis with a gap would drop that model's line: keep the axes every model has
+    columns = [c for c in columns if c in board and board[c].notna().all()]
     dims = []
     for c in columns:
         values = board[c].astype(float)
@@ -114,7 +115,9 @@ def parallel_coordinates(board: pd.DataFrame, columns: list[str] | None = None) 
             dimensions=dims,
         )
     )
-    return _style(fig, "All models across every axis (drag an axis to filter)", height=460)
+    fig = _style(fig, "All models across every axis (drag an axis to filter)", height=500)
+    fig.update_layout(margin={"t": 120})
+    return fig
 
 
 def per_class_bars(per_class: dict[str, dict], metric: str = "f1") -> go.Figure:
@@ -304,7 +307,7 @@ def reported_vs_reproduced(table: pd.DataFrame) -> go.Figure:
         x="reported",
         y="bloodviz",
         color="study",
-        symbol="metric",
+        symbol="like for like" if "like for like" in table else "metric",
         hover_data=["name", "reported on", "bloodviz on", "note"],
         color_discrete_sequence=PALETTE,
     )

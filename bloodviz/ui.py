@@ -61,10 +61,33 @@ def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
     key = st.sidebar.selectbox("Dataset", keys, key="dataset")
     ckpts = [checkpoint(p) for p in available[key]]
     names = [c.name for c in ckpts]
-    selected = st.sidebar.multiselect("Models", names, default=names, key=f"models-{key}")
+    selected = st.sidebar.multiselect(
+        "Models",
+        names,
+        default=best_models(tuple(available[key])),
+        key=f"models-{key}",
+        help=f"{len(names)} trained for {key}; the {DEFAULT_MODELS} most accurate are chosen "
+        "at first",
+    )
     chosen = [c for c in ckpts if c.name in selected]
     st.session_state["_selection"] = (key, [str(c.path) for c in chosen])
     return key, chosen
+
+
+DEFAULT_MODELS = 4
+
+
+@st.cache_data(show_spinner=False)
+def best_models(paths: tuple[str, ...], count: int = DEFAULT_MODELS) -> list[str]:
+    """The ``count`` checkpoints with the best test (else first evaluated) accuracy."""
+
+    def accuracy(path: str) -> float:
+        metrics = checkpoint(path).eval_metrics()
+        split = "test" if "test" in metrics else next(iter(metrics), None)
+        return metrics[split]["accuracy"] if split else 0.0
+
+    ranked = sorted(paths, key=accuracy, reverse=True)
+    return [checkpoint(p).name for p in ranked[:count]]
 
 
 def train_hint(dataset_key: str | None = None) -> str:

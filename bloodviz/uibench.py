@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     buffer = io.BytesIO()
     upload.convert("RGB").save(buffer, format="PNG")
     payload = [("cell.png", buffer.getvalue())]
-    classify(payload, [ckpt], {ckpt.model: runner})  # warm-up
+    classify(payload, [ckpt], {ckpt.name: runner})  # warm-up
     times = []
     for _ in range(args.repeats):
         tick = time.perf_counter()
-        classify(payload, [ckpt], {ckpt.model: runner})
+        classify(payload, [ckpt], {ckpt.name: runner})
         times.append((time.perf_counter() - tick) * 1000)
     med, iqr = _median_iqr(times)
     print(
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_times = []
     for _ in range(3):
         tick = time.perf_counter()
-        results = classify(files, [ckpt], {ckpt.model: runner})
+        results = classify(files, [ckpt], {ckpt.name: runner})
         batch_times.append(time.perf_counter() - tick)
     assert all(r.error is None for r in results)
     print(

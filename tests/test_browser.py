@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run`.
 
-Opens every page with the shipped checkpoints, finds its key element, uploads a real full-size
-PBC original, and saves a screenshot per page to test-artifacts/screenshots/.
+Opens every page with the shipped checkpoints (in the sidebar's order), finds its key element,
+uploads a real full-size PBC original, and saves a screenshot per page to
+test-artifacts/screenshots/.
 """
 
 import os
@@ -108,11 +109,69 @@ def _shot(tab, name: str) -> None:
     tab.set_viewport_size({"width": 1280, "height": 720})
 
 
+def _choose_dataset(tab, key: str) -> None:
+    tab.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").first.click()
+    tab.get_by_role("option", name=key).click()
+
+
+def _open(tab, link: str, heading: str) -> None:
+    tab.get_by_role("link", name=link).click()
+    expect(tab.get_by_role("heading", name=heading)).to_be_visible()
+
+
+def test_leaderboard_page(page):
+    expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible()
+    _choose_dataset(page, "pbc-64")
+    expect(page.get_by_text("on pbc-64 / test")).to_be_visible()
+    expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
+    expect(page.get_by_text("Pareto front").first).to_be_visible()
+    expect(page.locator("[data-testid=stPlotlyChart]").nth(1)).to_be_visible()
+    _no_exception(page)
+    _shot(page, "1-leaderboard.png")
+
+
+def test_report_page(page):
+    _open(page, "Model report", "Model report")
+    expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
+    page.get_by_role("tab", name="Confusion matrix").click()
+    expect(page.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
+    expect(page.locator("[data-testid=stImage]").first).to_be_visible()
+    _no_exception(page)
+    _shot(page, "2-report-confusion.png")
+    page.get_by_role("tab", name="ROC / PR / calibration").click()
+    expect(page.get_by_text("Reliability diagram").first).to_be_visible()
+    _shot(page, "2-report-curves.png")
+
+
+def test_head_to_head_page(page):
+    _open(page, "Head-to-head", "Head-to-head")
+    expect(page.get_by_text("McNemar exact p")).to_be_visible()
+    expect(page.get_by_text("Per-class f1 difference").first).to_be_visible()
+    _no_exception(page)
+    _shot(page, "3-head-to-head.png")
+
+
+def test_studies_page(page):
+    _open(page, "Studies vs bloodviz", "Studies vs bloodviz")
+    expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
+    expect(page.get_by_text("Studies vs bloodviz (above the line").first).to_be_visible()
+    _no_exception(page)
+    _shot(page, "4-studies.png")
+
+
+def test_data_page(page):
+    _open(page, "Data", "Data")
+    expect(page.get_by_text("Class balance per split").first).to_be_visible()
+    expect(page.locator("[data-testid=stImage]").nth(7)).to_be_visible()
+    _no_exception(page)
+    _shot(page, "5-data.png")
+
+
 def test_checkpoint_page(page):
-    expect(page.get_by_role("heading", name="bloodviz: shipped checkpoints")).to_be_visible()
+    _open(page, "Checkpoints and provenance", "bloodviz: shipped checkpoints")
     expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
     _no_exception(page)
-    _shot(page, "1-checkpoints.png")
+    _shot(page, "8-checkpoints.png")
 
 
 def test_gradcam_page(page):
@@ -123,7 +182,7 @@ def test_gradcam_page(page):
     sidebar = page.locator("[data-testid=stSidebar]")
     expect(sidebar.get_by_text("Dataset")).to_be_visible()
     _no_exception(page)
-    _shot(page, "2-gradcam.png")
+    _shot(page, "6-gradcam.png")
 
 
 def test_upload_page_with_a_real_original(page, data_root):
@@ -131,8 +190,7 @@ def test_upload_page_with_a_real_original(page, data_root):
     expect(page.get_by_role("heading", name="Upload and classify")).to_be_visible()
     expect(page.locator("[data-testid=stSidebar]").get_by_text("Models")).to_be_visible()
     # a PBC original goes to the PBC models (the sidebar's first dataset is blood-cells)
-    page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").first.click()
-    page.get_by_role("option", name="pbc-64").click()
+    _choose_dataset(page, "pbc-64")
     expect(page.get_by_text("trained on pbc-64")).to_be_visible()
     original = sorted((data_root / "pbc-originals" / "neutrophil").iterdir())[0]
     page.locator("input[type=file]").set_input_files(str(original))
@@ -140,4 +198,4 @@ def test_upload_page_with_a_real_original(page, data_root):
     expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
     expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
     _no_exception(page)
-    _shot(page, "3-upload.png")
+    _shot(page, "7-upload.png")

@@ -18,9 +18,15 @@ BLOODMNIST = "BloodMNIST 64x64"
 
 
 def _reported(
-    metric: str, value: float, dataset: str, split: str, pretrained: bool, note: str = ""
+    metric: str,
+    value: float,
+    dataset: str,
+    split: str,
+    pretrained: bool,
+    note: str = "",
+    study: str | None = None,
 ) -> Reported:
-    return Reported(metric, value, dataset, split, pretrained=pretrained, note=note)
+    return Reported(metric, value, dataset, split, pretrained=pretrained, note=note, study=study)
 
 
 # -- ResNet-50 (studies 000, 001, 003) --------------------------------------------------------
@@ -102,9 +108,9 @@ INCEPTION_ADAPTATION = (
     reported=(
         _reported("accuracy", 88.02, BLOODMNIST, "test", False, "study 002, 10,313,800 params"),
         _reported("f1_weighted", 87.96, BLOODMNIST, "test", False, "study 002"),
-        _reported("accuracy", 95.03, KAGGLE_000, "validation", True, "study 000"),
-        _reported("accuracy", 82.75, KAGGLE, "test", True, "study 001"),
-        _reported("macro_f1", 83.33, KAGGLE, "test", True, "study 001"),
+        _reported("accuracy", 95.03, KAGGLE_000, "validation", True, "study 000", STUDY_000),
+        _reported("accuracy", 82.75, KAGGLE, "test", True, "study 001", STUDY_001),
+        _reported("macro_f1", 83.33, KAGGLE, "test", True, "study 001", STUDY_001),
     ),
     description="timm inception_v3 (21.8M parameters; study 002 printed 10.3M for its own "
     "variant, whose layers it did not list).",

@@ -18,6 +18,7 @@ class Reported:
     split: str
     pretrained: bool = False
     note: str = ""
+    study: str | None = None  # the seed file, when not the model's own study
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from bloodviz.models.pretrained import timm_model
 from bloodviz.models.registry import Reported, ReportedCost, register_model
 
 STUDY_002 = "002_015e41b8e293e97d.txt"
+STUDY_003 = "003_69a75d80641104dc.txt"
+STUDY_004 = "004_7237b6eba7baf1b4.txt"
 
 SMALL_INPUT_ADAPTATION = (
     "stem: 3x3 stride-2 conv instead of 7x7 stride-2, max-pool removed, so a 64 px cell keeps "
@@ -46,6 +48,7 @@ def adapt_resnet_stem(model: nn.Module, keep_weights: bool = False) -> nn.Module
             "test",
             pretrained=True,
             note="study 003, transfer learning (train accuracy 99.87)",
+            study=STUDY_003,
         ),
         Reported(
             "accuracy",
@@ -53,6 +56,7 @@ def adapt_resnet_stem(model: nn.Module, keep_weights: bool = False) -> nn.Module
             "Kaggle blood-cells (study's own size)",
             "test",
             note="study 004, torchvision resnet18 'imported as-is'",
+            study=STUDY_004,
         ),
         Reported(
             "accuracy",
@@ -60,6 +64,7 @@ def adapt_resnet_stem(model: nn.Module, keep_weights: bool = False) -> nn.Module
             "Kaggle blood-cells (study's own size)",
             "test_simple",
             note="study 004",
+            study=STUDY_004,
         ),
     ),
     pretrained_source="resnet18",

@@ -1,0 +1,213 @@
+"""Dashboard benchmark: page render times from cache, and the running app's memory.
+
+``python -m bloodviz.pagebench`` starts ``streamlit run app.py`` on the shipped checkpoints and
+drives Debian's chromium through it with Playwright. For every dataset and every checkpoint
+(chosen alone in the sidebar) it opens every page, uploads one real test image on the upload
+page, and records how long each page took from the click until the script finished running
+(the first visit builds the caches; the figure that matters is a later, cached visit). At the
+end it prints the app process's resident memory now and at its peak (VmHWM).
+
+Needs the dev requirements (playwright) and ``/usr/bin/chromium``; not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from bloodviz.checkpoints import list_checkpoints
+from bloodviz.inference import hardware_info, versions
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [
+    ("Leaderboard", "Leaderboard"),
+    ("Model report", "Model report"),
+    ("Head-to-head", "Head-to-head"),
+    ("Studies vs bloodviz", "Studies vs bloodviz"),
+    ("Data", "Data"),
+    ("Grad-CAM explorer", "Grad-CAM explorer"),
+    ("Upload and classify", "Upload and classify"),
+    ("Checkpoints and provenance", "bloodviz: shipped checkpoints"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+FLOOR_IMPORTS = (
+    "import streamlit, plotly.express, pandas, torch, timm, onnxruntime, pytorch_grad_cam"
+)
+
+
+def import_floor_mb() -> float:
+    """Resident memory of a fresh process that only imports what the app's pages import."""
+    code = FLOOR_IMPORTS + "\nprint(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def _wait_idle(tab, timeout_ms: int = 120_000) -> None:
+    """Until Streamlit's 'running' indicator has gone (the script finished)."""
+    tab.wait_for_timeout(150)
+    tab.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidget]')",
+        timeout=timeout_ms,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bloodviz.pagebench")
+    parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--limit", type=int, default=None, help="checkpoints per dataset")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    ckpts = list_checkpoints(args.checkpoints)
+    by_dataset: dict[str, list[str]] = defaultdict(list)
+    for ckpt in ckpts:
+        by_dataset[ckpt.dataset_key].append(ckpt.name)
+    upload = {}
+    for key in by_dataset:
+        ckpt = next(c for c in ckpts if c.dataset_key == key)
+        from bloodviz.data import get_dataset
+
+        data = get_dataset(ckpt.dataset, ckpt.size)
+        sample = str(ckpt.predictions("test").ids[0])
+        upload[key] = data.open_image(sample).filename
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(args.checkpoints)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    print(f"app started, resident {_memory_mb(server.pid)[0]:.0f} MB before any page")
+    timings: dict[str, list[float]] = defaultdict(list)
+    first: dict[str, float] = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=args.chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                ],
+            )
+            tab = browser.new_page(viewport={"width": 1280, "height": 720})
+            tab.set_default_timeout(120_000)
+            tab.goto(url)
+            tab.get_by_role("heading", name="Leaderboard").wait_for()
+            _wait_idle(tab)
+            sidebar = tab.locator("[data-testid=stSidebar]")
+            for key, names in by_dataset.items():
+                sidebar.locator("[data-testid=stSelectbox]").first.click()
+                tab.get_by_role("option", name=key).click()
+                _wait_idle(tab)
+                for name in names[: args.limit]:
+                    # this checkpoint alone in the sidebar's model list
+                    models = sidebar.locator("[data-testid=stMultiSelect]")
+                    clear = models.get_by_role("button", name="Clear all")
+                    if clear.count():
+                        clear.first.click()
+                        _wait_idle(tab)
+                    tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
+                    models.get_by_role("combobox", name="Models").first.click()
+                    tab.get_by_role("option", name=name, exact=True).click()
+                    tab.keyboard.press("Escape")
+                    _wait_idle(tab)
+                    for link, heading in PAGES:
+                        tick = time.perf_counter()
+                        tab.get_by_role("link", name=link).click()
+                        tab.get_by_role("heading", name=heading).wait_for()
+                        _wait_idle(tab)
+                        seconds = time.perf_counter() - tick
+                        first.setdefault(link, seconds)
+                        timings[link].append(seconds)
+                        if link == "Upload and classify":
+                            tab.locator("input[type=file]").set_input_files(upload[key])
+                            tab.get_by_text("framing:").first.wait_for()
+                            _wait_idle(tab)
+                        if tab.locator("[data-testid=stException]").count():
+                            print(f"EXCEPTION on {link} with {key}/{name}")
+                    rss, hwm = _memory_mb(server.pid)
+                    print(
+                        f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB "
+                        f"(peak {hwm:.0f} MB)"
+                    )
+            browser.close()
+        rss, hwm = _memory_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    visits = sum(len(v) for v in timings.values())
+    print(
+        f"\n{visits} page visits over {len(ckpts)} checkpoints; browser wall time from click "
+        "to the script finishing, in seconds"
+    )
+    print(f"{'page':28s} {'first':>6s} {'median':>7s} {'p90':>6s} {'max':>6s} {'visits':>6s}")
+    for link, _ in PAGES:
+        values = timings[link]
+        later = values[1:] or values
+        p90 = statistics.quantiles(later, n=10)[-1] if len(later) >= 2 else later[0]
+        print(
+            f"{link:28s} {first[link]:6.2f} {statistics.median(later):7.2f} {p90:6.2f} "
+            f"{max(later):6.2f} {len(values):6d}"
+        )
+    floor = import_floor_mb()
+    print(f"\napp process after browsing: resident {rss:.0f} MB, peak resident {hwm:.0f} MB")
+    print(
+        f"of which the import floor (a fresh process running only `{FLOOR_IMPORTS}`) is "
+        f"{floor:.0f} MB; models, data and caches add {hwm - floor:.0f} MB at the peak"
+    )
+    print(f"hardware: {hardware_info(None)}; versions: {versions()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
