@@ -245,7 +245,7 @@ def train(
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
                 # study-specific terms: Keras-style L2 penalties, an autoencoder's MSE
-                extra = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+                extra = model.auxiliary_loss(y) if hasattr(model, "auxiliary_loss") else None
                 if extra is not None:
                     loss = loss + extra
             optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,14 @@ from pathlib import Path
 
 from bloodviz.checkpoints import list_checkpoints
 from bloodviz.models import create_model, list_models, model_info
+from bloodviz.models.study002 import keras_total
+
+BLOODMNIST_STUDY = "002"
+
+
+def study_classes(study: str | None) -> int:
+    """Class count of the study's dataset: BloodMNIST's 8, or the Kaggle set's 4."""
+    return 8 if (study or BLOODMNIST_STUDY).startswith(BLOODMNIST_STUDY) else 4
 
 
 def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
@@ -15,15 +23,21 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
     rows = []
     for name in list_models():
         info = model_info(name)
-        model = create_model(name, num_classes=8, in_size=info.default_size)
+        classes = study_classes(info.study)
+        model = create_model(name, num_classes=classes, in_size=info.default_size)
         reproduced = {}
         for ckpt in shipped.get(name, []):
             for split, m in ckpt.eval_metrics().items():
-                reproduced[f"{ckpt.dataset_key}/{split}"] = {
+                reproduced[f"{ckpt.dataset_key}/{ckpt.name}/{split}"] = {
                     "accuracy": round(100 * m["accuracy"], 2),
                     "macro_f1": round(100 * m["macro_f1"], 2),
+                    "weighted_f1": round(100 * m["weighted_f1"], 2),
+                    "n": m["n"],
                     "pretrained": bool(ckpt.run.get("pretrained")),
+                    "epochs": ckpt.run.get("epochs_run"),
+                    "trained_on": ckpt.run.get("device"),
                 }
+        cost = info.reported_cost
         rows.append(
             {
                 "model": name,
@@ -31,36 +45,55 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
                 "family": info.family,
                 "study": info.study,
                 "input_size": info.default_size,
-                "parameters_8_classes": sum(p.numel() for p in model.parameters()),
+                "classes": classes,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                # Keras counts batch-norm statistics as (non-trainable) parameters
+                "parameters_keras_count": keras_total(model),
+                "parameters_printed": cost.parameters if cost else None,
                 "reported": [r.__dict__ for r in info.reported],
                 "reproduced": reproduced,
                 "adaptation": info.adaptation,
+                "pretrained_available": bool(info.pretrained_source),
             }
         )
     return rows
 
 
+def _reported_text(r: dict) -> str:
+    value = r["value"]
+    text = f"{r['metric'].replace('accuracy', 'acc')} {value:g}"
+    return f"{text} {r['split']}" + (" (IN)" if r.get("pretrained") else "")
+
+
 def format_zoo(rows: list[dict]) -> str:
-    lines = [
-        f"{'model':14s} {'study':8s} {'size':>4s} {'params':>10s}  {'reported':42s} reproduced"
-    ]
+    """One line per model; reported figures abbreviated (IN = ImageNet-pretrained)."""
+    header = (
+        f"{'model':20s} {'st.':3s} {'px':>3s} {'params':>10s} {'printed':>10s}  "
+        f"{'reported (study)':44s} reproduced (test accuracy / test_simple)"
+    )
+    lines = [header, "-" * len(header)]
     for r in rows:
-        reported = (
-            "; ".join(
-                f"{x['metric']} {x['value']} ({x['dataset']}, {x['split']})" for x in r["reported"]
-            )
-            or "-"
-        )
-        reproduced = (
-            "; ".join(
-                f"{k}: acc {v['accuracy']:.2f} F1 {v['macro_f1']:.2f}"
-                for k, v in r["reproduced"].items()
-            )
-            or "not trained yet"
-        )
-        study = (r["study"] or "-")[:3]
+        reported = "; ".join(_reported_text(x) for x in r["reported"][:3]) or "-"
+        if len(r["reported"]) > 3:
+            reported += f" (+{len(r['reported']) - 3})"
+        mine = []
+        for key, v in r["reproduced"].items():
+            dataset, ckpt, split = key.split("/")
+            if split in ("test", "test_simple"):
+                mine.append(
+                    f"{dataset}{'*' if v['pretrained'] else ''} {split} {v['accuracy']:.2f}"
+                )
+        printed = r["parameters_printed"]
+        match = ""
+        if printed:
+            match = "=" if printed == r["parameters_keras_count"] else "≠"
         lines.append(
-            f"{r['model']:14s} {study:8s} {r['input_size']:4d} {r['parameters_8_classes']:10d}  "
-            f"{reported[:42]:42s} {reproduced}"
+            f"{r['model']:20s} {(r['study'] or '-')[:3]:3s} {r['input_size']:3d} "
+            f"{r['parameters_keras_count']:10d} {(str(printed) + match) if printed else '-':>10s}  "
+            f"{reported[:44]:44s} {'; '.join(mine) or 'not trained yet'}"
         )
+    lines.append(
+        "params: at the study's input size and class count, counted as Keras does (batch-norm "
+        "statistics included); '=' marks an exact match with the printed count."
+    )
     return "\n".join(lines)

@@ -7,6 +7,7 @@ from bloodviz.models import (  # noqa: F401  (imports register the models)
     study000,
     study002,
     study004,
+    supcon,
 )
 from bloodviz.models.registry import (
     ModelInfo,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bloodviz.models.registry import Reported, register_model
+from bloodviz.models.registry import Reported, ReportedCost, register_model
 
 STUDY = "000_e498d33e13dfbf2a.txt"
 KAGGLE_VAL = "Kaggle blood-cells 120x120"
@@ -87,6 +87,7 @@ class AlexNet000(nn.Module):
         Reported("accuracy", 77.51, KAGGLE_VAL, "validation"),
         Reported("loss", 0.97, KAGGLE_VAL, "validation"),
     ),
+    reported_cost=ReportedCost(parameters=1516952),
     description="3x3 conv 6 - avgpool - 3x3 conv 16 - avgpool - dense 120 - 84 - classes, as "
     "in the study's Keras summary (1,516,952 parameters at 120 px, 4 classes).",
 )
@@ -108,6 +109,7 @@ def lenet5(num_classes: int, in_size: int = 120, pretrained: bool = False) -> nn
         Reported("accuracy", 85.89, KAGGLE_VAL, "validation"),
         Reported("loss", 0.6378, KAGGLE_VAL, "validation", note="printed as '0.6378%'"),
     ),
+    reported_cost=ReportedCost(parameters=1413732),
     description="3 conv (32-32-64) with max-pool, dropout, dense 128, dropout, as in the study's "
     "Keras summary (1,413,732 parameters at 120 px, 4 classes).",
 )

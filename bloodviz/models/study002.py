@@ -52,7 +52,7 @@ class L2Penalty:
 
     l2: float = 0.0
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
+    def auxiliary_loss(self, labels: torch.Tensor | None = None) -> torch.Tensor | None:
         if not self.l2:
             return None
         kernels = [m.weight for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]

@@ -292,8 +292,11 @@ class AutoencoderClassifier(nn.Module):
     def __init__(self, num_classes: int, in_size: int, hidden: int = 128, code: int = 1024):
         super().__init__()
         pixels = 3 * in_size * in_size
-        # identity "layer" over the input image, so Grad-CAM has a spatial map to explain
-        self.pixels = nn.Identity()
+        # a per-channel scale over the input image (starts as identity; 6 parameters): the
+        # only spatial layer, so Grad-CAM has a map to explain (gradient x input)
+        self.pixels = nn.Conv2d(3, 3, 1, groups=3)
+        nn.init.ones_(self.pixels.weight)
+        nn.init.zeros_(self.pixels.bias)
         self.encoder = nn.Sequential(
             nn.Linear(pixels, hidden), nn.ReLU(), nn.Linear(hidden, code), nn.ReLU()
         )
@@ -311,7 +314,7 @@ class AutoencoderClassifier(nn.Module):
             self._reconstruction_loss = F.mse_loss(self.decoder(code).float(), flat.float())
         return self.fc(self.dropout(code))
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
+    def auxiliary_loss(self, labels: torch.Tensor | None = None) -> torch.Tensor | None:
         loss, self._reconstruction_loss = self._reconstruction_loss, None
         return loss
 
