@@ -9,6 +9,10 @@ import streamlit as st
 
 from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
 
+# loaded networks (and ONNX sessions) kept at once: each is up to ~100 MB, and Streamlit
+# Community Cloud gives an app about 1-2.7 GB, most of which torch's import already takes
+MODELS_IN_MEMORY = 6
+
 
 @st.cache_data(show_spinner=False)
 def checkpoint_paths(fingerprint: tuple) -> dict[str, list[str]]:
@@ -24,14 +28,14 @@ def checkpoint(path: str) -> Checkpoint:
     return open_checkpoint(path)
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=12)
+@st.cache_resource(show_spinner="Loading model…", max_entries=MODELS_IN_MEMORY)
 def runner(path: str):
     from bloodviz.predict import Runner
 
     return Runner(checkpoint(path))
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=12)
+@st.cache_resource(show_spinner="Loading model…", max_entries=MODELS_IN_MEMORY)
 def explainer(path: str):
     from bloodviz.explain import Explainer
 
@@ -88,6 +92,12 @@ def best_models(paths: tuple[str, ...], count: int = DEFAULT_MODELS) -> list[str
 
     ranked = sorted(paths, key=accuracy, reverse=True)
     return [checkpoint(p).name for p in ranked[:count]]
+
+
+def ranked(ckpts: list[Checkpoint]) -> list[Checkpoint]:
+    """The checkpoints, most accurate first (pages offer the best model by default)."""
+    order = best_models(paths(ckpts), count=len(ckpts))
+    return sorted(ckpts, key=lambda c: order.index(c.name))
 
 
 def train_hint(dataset_key: str | None = None) -> str:

@@ -9,7 +9,7 @@ st.title("Head-to-head")
 key, ckpts = ui.current_selection()
 ui.need_models(key, ckpts, at_least=2)
 
-by_name = {c.name: c for c in ckpts}
+by_name = {c.name: c for c in ui.ranked(ckpts)}
 names = list(by_name)
 label = lambda m: by_name[m].run.get("display_name", m)  # noqa: E731
 c1, c2, c3 = st.columns([2, 2, 1])

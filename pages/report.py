@@ -23,7 +23,7 @@ st.title("Model report")
 key, ckpts = ui.current_selection()
 ui.need_models(key, ckpts)
 
-by_name = {c.name: c for c in ckpts}
+by_name = {c.name: c for c in ui.ranked(ckpts)}
 c1, c2 = st.columns([3, 1])
 model = c1.selectbox(
     "Model",

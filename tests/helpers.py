@@ -36,11 +36,11 @@ def train_tiny(
     """Train ``models`` by the CLI on ``limit`` real images a class; return (store, env)."""
     root = tmp_path_factory.mktemp("ck")
     env = store_env(root, tmp_path_factory.mktemp("runs"))
-    for dataset in datasets:
+    for dataset, model in ((d, m) for d in datasets for m in models):
         run_bloodviz(
-            "sweep",
-            "--models",
-            *models,
+            "train",
+            "--model",
+            model,
             "--dataset",
             dataset,
             "--size",
@@ -49,6 +49,7 @@ def train_tiny(
             str(epochs),
             "--limit-per-class",
             str(limit),
+            "--quiet",
             env=env,
             check=True,
         )

@@ -41,7 +41,7 @@ def test_l2_penalty_is_lambda_times_squared_kernels():
         m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
     ]
     expected = 1e-4 * sum(float(w.detach().pow(2).sum()) for w in kernels)
-    assert float(model.auxiliary_loss()) == pytest.approx(expected, rel=1e-5)
+    assert float(model.auxiliary_loss().detach()) == pytest.approx(expected, rel=1e-5)
     assert create_model("cnn002_bn", 8, 64).auxiliary_loss() is None
 
 
