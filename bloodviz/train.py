@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,6 +84,14 @@ class TrainConfig:
 
 class ResumeMismatch(RuntimeError):
     pass
+
+
+def _same_settings(saved: dict, current: dict) -> bool:
+    """Whether a saved run's settings are the current ones; a setting added to TrainConfig
+    after the run was saved counts as its default, so older partial runs stay resumable."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    filled = {**{k: defaults.get(k) for k in current if k not in saved}, **saved}
+    return filled == current
 
 
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -188,7 +196,7 @@ def train(
 
     if state_path.exists():
         saved = _load_state(state_path)
-        if saved["config"] != config.resume_key():
+        if not _same_settings(saved["config"], config.resume_key()):
             raise ResumeMismatch(
                 f"a partial run with other settings is at {state_path}; rerun with the same "
                 f"settings to continue it, or pass --fresh to discard it"

@@ -189,3 +189,13 @@ def test_sweep_trains_then_skips_up_to_date(tmp_path):
     assert "cnn_baseline     up to date" in second.stdout
     third = bloodviz(*args[:-1], "5", env=env)  # other settings: trained again
     assert "lenet5           trained" in third.stdout
+
+
+def test_runs_saved_before_a_new_setting_stay_resumable():
+    from bloodviz.train import TrainConfig, _same_settings
+
+    current = TrainConfig.for_model("cnn_baseline", "pbc", size=64).resume_key()
+    older = {k: v for k, v in current.items() if k != "pretrained"}  # saved before --pretrained
+    assert _same_settings(older, current)
+    assert not _same_settings({**older, "lr": 1.0}, current)
+    assert not _same_settings(older, {**current, "pretrained": True})
