@@ -154,6 +154,24 @@ def confusion_heatmap(
         labels={"x": "predicted", "y": "true", "color": "share" if normalise else "cells"},
     )
     fig.update_xaxes(side="bottom", tickangle=-30)
+    # heatmaps emit no selection events: an invisible square marker on every cell makes a
+    # click on the cell select (true, predicted) for the page
+    names = list(class_names)
+    k = len(names)
+    counts = np.asarray(cm)
+    fig.add_trace(
+        go.Scatter(
+            x=[names[j] for i in range(k) for j in range(k)],
+            y=[names[i] for i in range(k) for j in range(k)],
+            mode="markers",
+            marker={"symbol": "square", "size": max(12, 380 // k), "opacity": 0},
+            customdata=[counts[i, j] for i in range(k) for j in range(k)],
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} cells"
+            "<br>click to list them<extra></extra>",
+            showlegend=False,
+            name="cells",
+        )
+    )
     return _style(fig, "Confusion matrix" + (" (row-normalised)" if normalise else ""), 560)
 
 

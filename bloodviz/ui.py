@@ -9,6 +9,23 @@ import streamlit as st
 
 from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
 
+
+def _pages_are_navigation_pages() -> None:
+    """``pages/`` holds st.navigation pages. Until the first st.navigation call in a server
+    process, Streamlit also takes a ``pages/`` folder for its legacy multipage mode, so a deep
+    link (``/report``) as a fresh server's first request runs that page alone, without app.py
+    and its sidebar (streamlit#9446). Clearing the flag here, and rerunning such a run through
+    the entry script (:func:`current_selection`), gives the same app at every address."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
+    except (ImportError, AttributeError):  # a Streamlit without that flag has no such mode
+        pass
+
+
+_pages_are_navigation_pages()
+
 # loaded networks (and ONNX sessions) kept at once: each is up to ~100 MB, and Streamlit
 # Community Cloud gives an app about 1-2.7 GB, most of which torch's import already takes
 MODELS_IN_MEMORY = 6
@@ -107,7 +124,9 @@ def train_hint(dataset_key: str | None = None) -> str:
 
 def current_selection() -> tuple[str | None, list[Checkpoint]]:
     """What the sidebar has chosen on this run."""
-    key, paths = st.session_state.get("_selection", (None, []))
+    if "_selection" not in st.session_state:  # run without app.py: see above
+        st.rerun()
+    key, paths = st.session_state["_selection"]
     return key, [checkpoint(p) for p in paths]
 
 

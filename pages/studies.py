@@ -11,6 +11,7 @@ def load(fingerprint: tuple):
     return studies_table(list_checkpoints(fingerprint[0]))
 
 
+ui.current_selection()  # only to make sure app.py's navigation and sidebar ran
 st.title("Studies vs bloodviz")
 st.caption(
     "Every number the five source studies printed, beside ours measured on the like-for-like "

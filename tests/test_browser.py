@@ -39,8 +39,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def _streamlit_app():
+    """`streamlit run app.py` on a free port; yields its URL, stops it afterwards."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -75,6 +75,16 @@ def server():
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from _streamlit_app()
+
+
+@pytest.fixture()
+def fresh_server():
+    yield from _streamlit_app()
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +146,15 @@ def test_report_page(page):
     page.get_by_role("tab", name="Confusion matrix").click()
     expect(page.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
     expect(page.locator("[data-testid=stImage]").first).to_be_visible()
+    # clicking a matrix cell lists the cells behind it: bottom-left = true platelet,
+    # predicted basophil (8 x 8 for pbc-64)
+    matrix = page.locator("[data-testid=stPlotlyChart]").filter(has_text="Confusion matrix")
+    matrix.first.scroll_into_view_if_needed()
+    page.set_viewport_size({"width": 1280, "height": 1100})  # the whole matrix on screen
+    plot = matrix.first.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(plot["x"] + plot["width"] / 16, plot["y"] + plot["height"] * 15 / 16)
+    expect(page.get_by_text("of true class platelet predicted basophil")).to_be_visible()
+    page.set_viewport_size({"width": 1280, "height": 720})
     _no_exception(page)
     _shot(page, "2-report-confusion.png")
     page.get_by_role("tab", name="ROC / PR / calibration").click()
@@ -165,6 +184,16 @@ def test_data_page(page):
     expect(page.locator("[data-testid=stImage]").nth(7)).to_be_visible()
     _no_exception(page)
     _shot(page, "5-data.png")
+
+
+def test_deep_link_on_a_fresh_server_runs_the_whole_app(page, fresh_server):
+    """A shared /head_to_head link as a fresh server's first request still gets app.py."""
+    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    tab.goto(fresh_server + "/head_to_head")
+    expect(tab.get_by_role("heading", name="Head-to-head")).to_be_visible()
+    expect(tab.locator("[data-testid=stSidebar]").get_by_text("Dataset")).to_be_visible()
+    expect(tab.get_by_role("link", name="Studies vs bloodviz")).to_be_visible()
+    tab.close()
 
 
 def test_checkpoint_page(page):
