@@ -13,18 +13,16 @@ Needs the dev requirements (playwright) and ``/usr/bin/chromium``; not part of t
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 from bloodviz.checkpoints import list_checkpoints
 from bloodviz.inference import hardware_info, versions
+from bloodviz.serve import running_app
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [
@@ -37,12 +35,6 @@ PAGES = [
     ("Upload and classify", "Upload and classify"),
     ("Checkpoints and provenance", "bloodviz: shipped checkpoints"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:
@@ -76,14 +68,73 @@ def _wait_idle(tab, timeout_ms: int = 120_000) -> None:
     )
 
 
+def _browse(url: str, pid: int, by_dataset: dict, upload: dict, args) -> tuple[dict, dict]:
+    """Every page for every checkpoint (alone in the sidebar); seconds per page visit."""
+    from playwright.sync_api import sync_playwright
+
+    timings: dict[str, list[float]] = defaultdict(list)
+    first: dict[str, float] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=args.chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        tab = browser.new_page(viewport={"width": 1280, "height": 720})
+        tab.set_default_timeout(120_000)
+        tab.goto(url)
+        tab.get_by_role("heading", name="Leaderboard").wait_for()
+        _wait_idle(tab)
+        sidebar = tab.locator("[data-testid=stSidebar]")
+        for key, names in by_dataset.items():
+            sidebar.locator("[data-testid=stSelectbox]").first.click()
+            tab.get_by_role("option", name=key).click()
+            _wait_idle(tab)
+            for name in names[: args.limit]:
+                # this checkpoint alone in the sidebar's model list
+                models = sidebar.locator("[data-testid=stMultiSelect]")
+                clear = models.get_by_role("button", name="Clear all")
+                if clear.count():
+                    clear.first.click()
+                    _wait_idle(tab)
+                tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
+                models.get_by_role("combobox", name="Models").first.click()
+                tab.get_by_role("option", name=name, exact=True).click()
+                tab.keyboard.press("Escape")
+                _wait_idle(tab)
+                for link, heading in PAGES:
+                    tick = time.perf_counter()
+                    tab.get_by_role("link", name=link).click()
+                    tab.get_by_role("heading", name=heading).wait_for()
+                    _wait_idle(tab)
+                    seconds = time.perf_counter() - tick
+                    first.setdefault(link, seconds)
+                    timings[link].append(seconds)
+                    if link == "Upload and classify":
+                        tab.locator("input[type=file]").set_input_files(upload[key])
+                        tab.get_by_text("framing:").first.wait_for()
+                        _wait_idle(tab)
+                    if tab.locator("[data-testid=stException]").count():
+                        print(f"EXCEPTION on {link} with {key}/{name}")
+                rss, hwm = _memory_mb(pid)
+                print(
+                    f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB "
+                    f"(peak {hwm:.0f} MB)"
+                )
+        browser.close()
+    return timings, first
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bloodviz.pagebench")
     parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--limit", type=int, default=None, help="checkpoints per dataset")
     args = parser.parse_args(argv)
-    from playwright.sync_api import sync_playwright
-
     ckpts = list_checkpoints(args.checkpoints)
     by_dataset: dict[str, list[str]] = defaultdict(list)
     for ckpt in ckpts:
@@ -97,93 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         sample = str(ckpt.predictions("test").ids[0])
         upload[key] = data.open_image(sample).filename
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(args.checkpoints)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    print(f"app started, resident {_memory_mb(server.pid)[0]:.0f} MB before any page")
-    timings: dict[str, list[float]] = defaultdict(list)
-    first: dict[str, float] = {}
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=args.chromium,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                ],
-            )
-            tab = browser.new_page(viewport={"width": 1280, "height": 720})
-            tab.set_default_timeout(120_000)
-            tab.goto(url)
-            tab.get_by_role("heading", name="Leaderboard").wait_for()
-            _wait_idle(tab)
-            sidebar = tab.locator("[data-testid=stSidebar]")
-            for key, names in by_dataset.items():
-                sidebar.locator("[data-testid=stSelectbox]").first.click()
-                tab.get_by_role("option", name=key).click()
-                _wait_idle(tab)
-                for name in names[: args.limit]:
-                    # this checkpoint alone in the sidebar's model list
-                    models = sidebar.locator("[data-testid=stMultiSelect]")
-                    clear = models.get_by_role("button", name="Clear all")
-                    if clear.count():
-                        clear.first.click()
-                        _wait_idle(tab)
-                    tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
-                    models.get_by_role("combobox", name="Models").first.click()
-                    tab.get_by_role("option", name=name, exact=True).click()
-                    tab.keyboard.press("Escape")
-                    _wait_idle(tab)
-                    for link, heading in PAGES:
-                        tick = time.perf_counter()
-                        tab.get_by_role("link", name=link).click()
-                        tab.get_by_role("heading", name=heading).wait_for()
-                        _wait_idle(tab)
-                        seconds = time.perf_counter() - tick
-                        first.setdefault(link, seconds)
-                        timings[link].append(seconds)
-                        if link == "Upload and classify":
-                            tab.locator("input[type=file]").set_input_files(upload[key])
-                            tab.get_by_text("framing:").first.wait_for()
-                            _wait_idle(tab)
-                        if tab.locator("[data-testid=stException]").count():
-                            print(f"EXCEPTION on {link} with {key}/{name}")
-                    rss, hwm = _memory_mb(server.pid)
-                    print(
-                        f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB "
-                        f"(peak {hwm:.0f} MB)"
-                    )
-            browser.close()
-        rss, hwm = _memory_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with running_app(args.checkpoints) as (url, pid):
+        print(f"app started, resident {_memory_mb(pid)[0]:.0f} MB before any page")
+        timings, first = _browse(url, pid, by_dataset, upload, args)
+        rss, hwm = _memory_mb(pid)
 
     visits = sum(len(v) for v in timings.values())
     print(

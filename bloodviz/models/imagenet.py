@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 
 from bloodviz.models.pretrained import timm_model
 from bloodviz.models.registry import Reported, register_model
@@ -62,7 +62,12 @@ class ResNet50DenseHead(nn.Module):
         width = 2048 * side * side
         layers: list[nn.Module] = [nn.Flatten()]
         for hidden in (256, 128, 64):
-            layers += [nn.BatchNorm1d(width), nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(0.3)]
+            layers += [
+                nn.BatchNorm1d(width),
+                nn.Linear(width, hidden),
+                nn.ReLU(),
+                nn.Dropout(0.3),
+            ]
             width = hidden
         layers += [nn.BatchNorm1d(width), nn.Linear(width, num_classes)]
         self.head = nn.Sequential(*layers)
@@ -135,8 +140,8 @@ def inception_v3(num_classes: int, in_size: int = 64, pretrained: bool = False) 
         _reported("accuracy", 99.50, KAGGLE_000, "validation", True, "study 000's best"),
         _reported("loss", 0.0209, KAGGLE_000, "validation", True),
     ),
-    description="timm inception_resnet_v2 (54M parameters: its fp16 weights exceed the 50 MB "
-    "checkpoint limit, so it ships predictions and metrics only).",
+    description="timm inception_resnet_v2 (54M parameters: even fp16 weights, 109 MB, exceed "
+    "the 50 MB checkpoint limit).",
 )
 def inception_resnet_v2(num_classes: int, in_size: int = 64, pretrained: bool = False):
     model = timm_model("inception_resnet_v2", num_classes, pretrained)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch.nn as nn
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,19 @@ def register_model(
     return decorator
 
 
+def register_network(name: str, network: type[nn.Module], network_kwargs: dict, **metadata):
+    """Register a study's own network class, built as ``network(num_classes, in_size,
+    **network_kwargs)``; such networks have no ImageNet weights."""
+
+    @register_model(name, **metadata)
+    def build(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
+        if pretrained:
+            raise ValueError(f"{name} is the study's own network; it has no pretrained weights")
+        return network(num_classes, in_size, **network_kwargs)
+
+    return build
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -107,7 +120,10 @@ LAYOUT_ONLY = "layout"
 
 
 def create_model(
-    name: str, num_classes: int, in_size: int | None = None, pretrained: bool | str = False
+    name: str,
+    num_classes: int,
+    in_size: int | None = None,
+    pretrained: bool | str = False,
 ) -> nn.Module:
     """Build a registered model.
 
@@ -119,5 +135,7 @@ def create_model(
     if pretrained and not info.pretrained_source:
         raise ValueError(f"{name} has no ImageNet weights; train it without --pretrained")
     return info.builder(
-        num_classes=num_classes, in_size=in_size or info.default_size, pretrained=pretrained
+        num_classes=num_classes,
+        in_size=in_size or info.default_size,
+        pretrained=pretrained,
     )

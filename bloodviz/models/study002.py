@@ -21,9 +21,9 @@ adds them back):
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from bloodviz.models.registry import Reported, ReportedCost, register_model
+from bloodviz.models.registry import Reported, ReportedCost, register_network
 
 STUDY = "002_015e41b8e293e97d.txt"
 BLOODMNIST = "BloodMNIST 64x64"
@@ -64,7 +64,9 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         hidden = max(1, channels // ratio)
         self.fc = nn.Sequential(
-            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels),
         )
 
     def forward(self, x):
@@ -79,7 +81,9 @@ class CBAM(nn.Module):
         super().__init__()
         hidden = max(1, channels // ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels),
         )
         self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
 
@@ -135,14 +139,11 @@ class StudyCNN(L2Penalty, nn.Module):
         return self.classifier(self.features(x))
 
 
-def _no_pretrained(name: str, pretrained: bool) -> None:
-    if pretrained:
-        raise ValueError(f"{name} is the study's own network; it has no pretrained weights")
-
-
 def _cnn_register(name, display, target, reported, cost, description, **kwargs):
-    @register_model(
+    register_network(
         name,
+        StudyCNN,
+        kwargs,
         display_name=display,
         family="study-002 CNN",
         study=STUDY,
@@ -151,11 +152,6 @@ def _cnn_register(name, display, target, reported, cost, description, **kwargs):
         reported_cost=cost,
         description=description,
     )
-    def build(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-        _no_pretrained(name, pretrained)
-        return StudyCNN(num_classes, in_size, **kwargs)
-
-    return build
 
 
 _cnn_register(
@@ -277,7 +273,10 @@ class StudyVGG(nn.Module):
         for width, convs in blocks:
             layers: list[nn.Module] = []
             for _ in range(convs):
-                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(channels, width, 3, padding=1),
+                    nn.ReLU(inplace=True),
+                ]
                 channels = width
             if cbam:
                 layers.append(CBAM(width))
@@ -308,8 +307,10 @@ VGG_ADAPTATION = (
 
 
 def _vgg_register(name, display, target, reported, cost, description, **kwargs):
-    @register_model(
+    register_network(
         name,
+        StudyVGG,
+        kwargs,
         display_name=display,
         family="VGG",
         study=STUDY,
@@ -320,11 +321,6 @@ def _vgg_register(name, display, target, reported, cost, description, **kwargs):
         description=description,
         recipe={"lr": 5e-4},  # no batch norm: VGG diverges at the default 2e-3
     )
-    def build(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-        _no_pretrained(name, pretrained)
-        return StudyVGG(num_classes, in_size, **kwargs)
-
-    return build
 
 
 _vgg_register(

@@ -11,10 +11,10 @@ models are described in prose only; the layouts here are our reading of that pro
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from bloodviz.models.registry import Reported, register_model
+from bloodviz.models.registry import Reported, register_network
 
 STUDY = "004_7237b6eba7baf1b4.txt"
 KAGGLE = "Kaggle blood-cells (study's own size)"
@@ -77,7 +77,10 @@ class MyCNN(nn.Module):
         pool = in_size >= 128
         stages, channels = [], 3
         for i, width in enumerate(widths):
-            down = [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            down = [
+                nn.Conv2d(channels, width, 3, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+            ]
             if pool:
                 down.append(nn.MaxPool2d(2))
             stages.append(
@@ -94,14 +97,11 @@ class MyCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def _no_pretrained(name: str, pretrained: bool) -> None:
-    if pretrained:
-        raise ValueError(f"{name} is the study's own network; it has no pretrained weights")
-
-
 def _mycnn_register(name, display, reported, description, **kwargs):
-    @register_model(
+    register_network(
         name,
+        MyCNN,
+        kwargs,
         display_name=display,
         family="residual custom CNN",
         study=STUDY,
@@ -110,11 +110,6 @@ def _mycnn_register(name, display, reported, description, **kwargs):
         reported=reported,
         description=description,
     )
-    def build(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-        _no_pretrained(name, pretrained)
-        return MyCNN(num_classes, in_size, **kwargs)
-
-    return build
 
 
 _mycnn_register(
@@ -141,8 +136,10 @@ _mycnn_register(
 )
 
 
-@register_model(
+register_network(
     "acnet",
+    MyCNN,
+    {"convs_per_block": 2, "asymmetric_first": True},
     display_name="ACNet (MyCNN v13, study 004)",
     family="residual custom CNN",
     study=STUDY,
@@ -157,9 +154,6 @@ _mycnn_register(
     description="MyCNN v4 whose first residual block uses asymmetric convolution blocks "
     "(3x3 + 1x3 + 3x1 in parallel, summed), as in Ding et al. 2019.",
 )
-def acnet(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-    _no_pretrained("acnet", pretrained)
-    return MyCNN(num_classes, in_size, convs_per_block=2, asymmetric_first=True)
 
 
 def conv_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
@@ -205,8 +199,10 @@ class FactorisedNet(nn.Module):
 for _depth, _test, _simple in ((1, 73.0, 63.4), (2, 87.0, 78.9), (3, 88.0, 85.9)):
     _k = 2 * _depth + 1
 
-    @register_model(
+    register_network(
         f"inception_eff{_k}",
+        FactorisedNet,
+        {"depth": _depth},
         display_name=f"Factorised {_k}x{_k} (study 004)",
         family="Inception-style",
         study=STUDY,
@@ -217,9 +213,6 @@ for _depth, _test, _simple in ((1, 73.0, 63.4), (2, 87.0, 78.9), (3, 88.0, 85.9)
         description=f"1x1 bottleneck before {_depth} stacked 3x3 conv(s) (effective {_k}x{_k}) "
         "in each of three stages, then dense 128 and softmax.",
     )
-    def _factorised(num_classes: int, in_size: int = 64, pretrained: bool = False, _d=_depth):
-        _no_pretrained("the factorised model", pretrained)
-        return FactorisedNet(num_classes, in_size, _d)
 
 
 class Towers(nn.Module):
@@ -264,11 +257,16 @@ for _name, _sets, _desc in (
         "two 3x3 convs (stem) into three parallel towers (effective 5x5, effective "
         "3x3, max-pool + 1x1), concatenated, flattened into a dense layer and softmax",
     ),
-    ("para_b", 2, "ParaA whose concatenated output feeds a second, identical set of towers"),
+    (
+        "para_b",
+        2,
+        "ParaA whose concatenated output feeds a second, identical set of towers",
+    ),
 ):
-
-    @register_model(
+    register_network(
         _name,
+        ParaNet,
+        {"tower_sets": _sets},
         display_name=f"{'ParaA' if _sets == 1 else 'ParaB'} towers (study 004)",
         family="Inception-style",
         study=STUDY,
@@ -277,9 +275,6 @@ for _name, _sets, _desc in (
         "printed neither, nor ParaA/ParaB's accuracy (its table 4 is missing from the text)",
         description=_desc + ".",
     )
-    def _para(num_classes: int, in_size: int = 64, pretrained: bool = False, _s=_sets):
-        _no_pretrained("the tower model", pretrained)
-        return ParaNet(num_classes, in_size, _s)
 
 
 class AutoencoderClassifier(nn.Module):
@@ -319,8 +314,10 @@ class AutoencoderClassifier(nn.Module):
         return loss
 
 
-@register_model(
+register_network(
     "autoencoder",
+    AutoencoderClassifier,
+    {},
     display_name="Autoencoder + classifier (study 004)",
     family="autoencoder",
     study=STUDY,
@@ -331,6 +328,3 @@ class AutoencoderClassifier(nn.Module):
     description="dense encoder (pixels>128>1024), decoder (1024>128>pixels), dropout 0.2 and a "
     "linear classifier on the 1024-d code; loss = MSE + cross-entropy.",
 )
-def autoencoder(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-    _no_pretrained("autoencoder", pretrained)
-    return AutoencoderClassifier(num_classes, in_size)
