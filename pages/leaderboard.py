@@ -9,6 +9,9 @@ key, ckpts = ui.current_selection()
 ui.need_models(key, ckpts)
 
 splits = sorted({s for c in ckpts for s in c.splits if s != "val"})
+if not splits:
+    st.info("The chosen checkpoints have predictions for no evaluation split.")
+    st.stop()
 split = (
     st.segmented_control(
         "Evaluated on", splits, default="test" if "test" in splits else splits[0], key="lb_split"
