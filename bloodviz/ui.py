@@ -5,6 +5,8 @@ Kept apart from the engine so that everything else in ``bloodviz`` imports witho
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
@@ -55,13 +57,30 @@ def checkpoint_paths(fingerprint: tuple) -> dict[str, list[str]]:
     return found
 
 
+def version(path: str) -> int:
+    """When the checkpoint at ``path`` (or its benchmark) was last written: part of every
+    cache key below, so a checkpoint retrained or re-benchmarked while the app runs is read
+    afresh."""
+    stamps = []
+    for name in ("run.json", "bench-cpu.json"):
+        try:
+            stamps.append((Path(path) / name).stat().st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return max(stamps)
+
+
 @st.cache_resource(show_spinner=False)
-def checkpoint(path: str) -> Checkpoint:
+def _checkpoint(path: str, written: int) -> Checkpoint:
     return open_checkpoint(path)
 
 
+def checkpoint(path: str) -> Checkpoint:
+    return _checkpoint(path, version(path))
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=MODELS_IN_MEMORY)
-def runner(path: str):
+def _runner(path: str, written: int):
     from bloodviz.predict import Runner
 
     loaded = Runner(checkpoint(path))
@@ -69,14 +88,22 @@ def runner(path: str):
     return loaded
 
 
+def runner(path: str):
+    return _runner(path, version(path))
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=MODELS_IN_MEMORY)
-def explainer(path: str):
+def _explainer(path: str, written: int):
     from bloodviz.explain import Explainer
 
     ckpt = checkpoint(path)
     loaded = Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
     release_freed_memory()
     return loaded
+
+
+def explainer(path: str):
+    return _explainer(path, version(path))
 
 
 @st.cache_resource(show_spinner="Indexing the dataset…")
@@ -117,9 +144,13 @@ def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
 DEFAULT_MODELS = 4
 
 
-@st.cache_data(show_spinner=False)
 def best_models(paths: tuple[str, ...], count: int = DEFAULT_MODELS) -> list[str]:
     """The ``count`` checkpoints with the best test (else first evaluated) accuracy."""
+    return _best_models(paths, tuple(version(p) for p in paths), count)
+
+
+@st.cache_data(show_spinner=False)
+def _best_models(paths: tuple[str, ...], written: tuple[int, ...], count: int) -> list[str]:
 
     def accuracy(path: str) -> float:
         metrics = checkpoint(path).eval_metrics()
@@ -150,15 +181,23 @@ def current_selection() -> tuple[str | None, list[Checkpoint]]:
 
 
 # -- comparison pages ---------------------------------------------------------------------------
-@st.cache_data(show_spinner=False)
 def leaderboard(paths: tuple[str, ...], split: str):
+    return _leaderboard(paths, split, tuple(version(p) for p in paths))
+
+
+@st.cache_data(show_spinner=False)
+def _leaderboard(paths: tuple[str, ...], split: str, written: tuple[int, ...]):
     from bloodviz.compare import leaderboard as build
 
     return build([checkpoint(p) for p in paths], split)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def predictions(path: str, split: str):
+    return _predictions(path, split, version(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _predictions(path: str, split: str, written: int):
     return checkpoint(path).predictions(split)
 
 

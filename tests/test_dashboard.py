@@ -113,3 +113,24 @@ def test_data_page_balance_and_gallery(monkeypatch, store):
     assert images == 8 * 6
     next(s for s in app.slider if s.label == "Cells per class").set_value(3).run()
     assert len(app.get("image")) == 8 * 3
+
+
+def test_a_checkpoint_rewritten_while_the_app_runs_is_read_afresh(monkeypatch, store, tmp_path):
+    import json
+    import os
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    app = _open(monkeypatch, copy)
+    before = app.dataframe[0].value.set_index("name")["accuracy"]
+    folder = copy / "pbc-64" / "cnn_baseline"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["test"]["accuracy"] = 0.123  # stands in for a retrained model's new result
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    later = (folder / "run.json").stat().st_mtime_ns + 10**9
+    os.utime(folder / "run.json", ns=(later, later))
+    app.run()
+    after = app.dataframe[0].value.set_index("name")["accuracy"]
+    name = next(n for n in after.index if "Baseline" in n)
+    assert before[name] != 0.123 and after[name] == 0.123
