@@ -102,7 +102,9 @@ def _browse(url: str, pid: int, by_dataset: dict, upload: dict, args) -> tuple[d
                     clear.first.click()
                     _wait_idle(tab)
                 tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
-                models.get_by_role("combobox", name="Models").first.click()
+                box = models.get_by_role("combobox", name="Models").first
+                box.click()
+                box.fill(name)  # long option lists scroll: filter to the one wanted
                 tab.get_by_role("option", name=name, exact=True).click()
                 tab.keyboard.press("Escape")
                 _wait_idle(tab)
