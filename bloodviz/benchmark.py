@@ -242,8 +242,12 @@ def store(ckpt: Checkpoint, result: dict) -> Path:
 
 
 def load_bench(ckpt: Checkpoint, device: str = "cpu") -> dict | None:
+    """The stored benchmark, or None if there is none or it is damaged (rerun ``bench``)."""
     path = ckpt.path / f"bench-{device}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def format_table(results: list[dict]) -> str:

@@ -6,7 +6,6 @@ predictions, metrics and benchmark results.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,10 +13,9 @@ import pandas as pd
 from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from bloodviz.benchmark import load_bench
 from bloodviz.checkpoints import Checkpoint, Predictions
 from bloodviz.models import list_models, model_info
-
-BENCH_FILE = "bench-cpu.json"
 
 # name in the leaderboard -> (label, higher is better, fits a log axis)
 COST_COLUMNS = {
@@ -36,17 +34,6 @@ QUALITY_COLUMNS = {
 }
 
 
-def bench_results(ckpt: Checkpoint) -> dict:
-    """The checkpoint's stored CPU benchmark, or {} if it has not been benchmarked."""
-    path = ckpt.path / BENCH_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-
-
 def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
     """One row per checkpoint: quality on ``split`` with 95% intervals, then cost figures."""
     rows = []
@@ -55,7 +42,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         if metrics is None:
             continue
         info = _info(ckpt.model)
-        bench = bench_results(ckpt)
+        bench = load_bench(ckpt) or {}
         run = ckpt.run
         weights = ckpt.path / "model.safetensors"
         rows.append(
@@ -277,14 +264,6 @@ def disagreements(a: Predictions, b: Predictions) -> pd.DataFrame:
             ),
         }
     )
-
-
-SPLIT_MEANING = {
-    "test": "held-out test split",
-    "test_simple": "TEST_SIMPLE: 71 un-augmented cells, the honest check",
-    "validation": "validation split (selected on; optimistic)",
-    "train": "training split",
-}
 
 
 def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:

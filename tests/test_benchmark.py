@@ -93,3 +93,16 @@ def test_memory_probe_is_not_inflated_by_its_parent(ckpt):
     alone_mb = json.loads(alone.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     nested_mb = json.loads(nested.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     assert abs(nested_mb - alone_mb) < 100, (alone_mb, nested_mb)
+
+
+def test_a_damaged_benchmark_file_reads_as_none(tmp_path, ckpt):
+    import shutil
+
+    from bloodviz.predict import Runner
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ckpt[0] / "pbc-28" / "cnn_baseline", folder)
+    (folder / "bench-cpu.json").write_text('{"use_onnx": tru')  # cut off mid-write
+    damaged = open_checkpoint(folder)
+    assert benchmark.load_bench(damaged) is None
+    assert Runner(damaged).backend == "pytorch"
