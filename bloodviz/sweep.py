@@ -17,10 +17,9 @@ def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
     try:
         name = checkpoint_name(config.model, config.pretrained)
         ckpt = find_checkpoint(config.dataset, name, config.size, checkpoints)
-        trained = TrainConfig(**ckpt.run.get("config", {}))
-    except (CheckpointError, TypeError):  # no checkpoint, or a run card of other settings
+    except CheckpointError:
         return False
-    return trained.resume_key() == config.resume_key()
+    return config.matches(ckpt.run.get("config", {}))
 
 
 def sweep(

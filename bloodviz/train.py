@@ -81,17 +81,20 @@ class TrainConfig:
         key.pop("precision")
         return key
 
+    def matches(self, saved: dict) -> bool:
+        """Whether settings saved by an earlier run (a resume key, or a run card's config)
+        are these, device and precision aside. A setting added to TrainConfig after that run
+        counts as its default, so older partial runs and checkpoints stay current."""
+        current = self.resume_key()
+        defaults = {f.name: f.default for f in fields(self)}
+        filled = {**{k: defaults[k] for k in current if k not in saved}, **saved}
+        filled.pop("device", None)
+        filled.pop("precision", None)
+        return filled == current
+
 
 class ResumeMismatch(RuntimeError):
     pass
-
-
-def _same_settings(saved: dict, current: dict) -> bool:
-    """Whether a saved run's settings are the current ones; a setting added to TrainConfig
-    after the run was saved counts as its default, so older partial runs stay resumable."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    filled = {**{k: defaults.get(k) for k in current if k not in saved}, **saved}
-    return filled == current
 
 
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -196,7 +199,7 @@ def train(
 
     if state_path.exists():
         saved = _load_state(state_path)
-        if not _same_settings(saved["config"], config.resume_key()):
+        if not config.matches(saved["config"]):
             raise ResumeMismatch(
                 f"a partial run with other settings is at {state_path}; rerun with the same "
                 f"settings to continue it, or pass --fresh to discard it"

@@ -192,10 +192,11 @@ def test_sweep_trains_then_skips_up_to_date(tmp_path):
 
 
 def test_runs_saved_before_a_new_setting_stay_resumable():
-    from bloodviz.train import TrainConfig, _same_settings
+    from bloodviz.train import TrainConfig
 
-    current = TrainConfig.for_model("cnn_baseline", "pbc", size=64).resume_key()
+    config = TrainConfig.for_model("cnn_baseline", "pbc", size=64)
+    current = config.resume_key()
     older = {k: v for k, v in current.items() if k != "pretrained"}  # saved before --pretrained
-    assert _same_settings(older, current)
-    assert not _same_settings({**older, "lr": 1.0}, current)
-    assert not _same_settings(older, {**current, "pretrained": True})
+    assert config.matches(older)
+    assert not config.matches({**older, "lr": 1.0})
+    assert not TrainConfig.for_model("cnn_baseline", "pbc", size=64, pretrained=True).matches(older)
