@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bloodviz.checkpoints import list_checkpoints
 from bloodviz.inference import hardware_info, versions
-from bloodviz.serve import running_app
+from bloodviz.serve import CHROMIUM_ARGS, running_app
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [
@@ -77,12 +77,7 @@ def _browse(url: str, pid: int, by_dataset: dict, upload: dict, args) -> tuple[d
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=args.chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
+            args=list(CHROMIUM_ARGS),
         )
         tab = browser.new_page(viewport={"width": 1280, "height": 720})
         tab.set_default_timeout(120_000)

@@ -15,6 +15,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Debian's chromium headless, in a container, never reaching out to the network
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+)
+
+
 class AppDidNotStart(RuntimeError):
     pass
 

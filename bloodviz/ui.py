@@ -213,6 +213,21 @@ def cell_image(name: str, size: int, sample_id: str):
     return data.preprocessing().prepare(data.open_image(sample_id), data.default_framing)
 
 
+def cell_grid(name: str, size: int, ids, captions, per_row: int = 6) -> None:
+    """Cells as the models saw them, ``per_row`` a row; a warning, not an error, where the
+    dataset's images are not on this machine (the page's table still lists them)."""
+    from bloodviz.paths import DataNotFoundError
+
+    try:
+        columns = st.columns(per_row)
+        for i, (sample_id, caption) in enumerate(zip(ids, captions)):
+            columns[i % per_row].image(
+                cell_image(name, size, sample_id), width="stretch", caption=caption
+            )
+    except (DataNotFoundError, ValueError, OSError) as exc:
+        st.warning(f"The images are not on this machine ({exc}); the table still lists them.")
+
+
 def chart(fig, key: str | None = None) -> None:
     """A plotly figure, full width, whose toolbar exports SVG/PNG."""
     from bloodviz.plots import EXPORT_CONFIG

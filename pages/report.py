@@ -10,7 +10,6 @@ from bloodviz.compare import (
     roc_curves,
 )
 from bloodviz.metrics import confusion_matrix, reliability_bins
-from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import (
     confusion_heatmap,
     curves_figure,
@@ -113,21 +112,19 @@ with tab_confusion:
         query_params={"true": true_name, "pred": pred_name},
     )
     if len(cell):
-        try:
-            shown = cell.head(24)
-            columns = st.columns(6)
-            for i, row in enumerate(shown.itertuples()):
-                image = ui.cell_image(ckpt.dataset, ckpt.size, row.sample_id)
-                columns[i % 6].image(
-                    image,
-                    width="stretch",
-                    caption=f"{row.sample_id.split('/')[-1]} · p({pred_name}) "
-                    f"{row.p_predicted:.2f} · p({true_name}) {row.p_true:.2f}",
-                )
-            if len(cell) > len(shown):
-                st.caption(f"Showing {len(shown)} of {len(cell)}; the table lists them all.")
-        except (DataNotFoundError, ValueError, OSError) as exc:
-            st.warning(f"The images are not on this machine ({exc}); the table still lists them.")
+        shown = cell.head(24)
+        ui.cell_grid(
+            ckpt.dataset,
+            ckpt.size,
+            shown["sample_id"],
+            [
+                f"{row.sample_id.split('/')[-1]} · p({pred_name}) {row.p_predicted:.2f} · "
+                f"p({true_name}) {row.p_true:.2f}"
+                for row in shown.itertuples()
+            ],
+        )
+        if len(cell) > len(shown):
+            st.caption(f"Showing {len(shown)} of {len(cell)}; the table lists them all.")
         st.dataframe(cell, hide_index=True, width="stretch")
 
 with tab_curves:

@@ -24,7 +24,7 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from bloodviz.serve import AppDidNotStart, running_app  # noqa: E402
+from bloodviz.serve import CHROMIUM_ARGS, AppDidNotStart, running_app  # noqa: E402
 
 # first page loads import torch and load models on a 2-core machine: allow time
 expect.set_options(timeout=90_000)
@@ -54,12 +54,7 @@ def page(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
+            args=list(CHROMIUM_ARGS),
         )
         tab = browser.new_page(viewport={"width": 1280, "height": 720})
         tab.set_default_timeout(90_000)

@@ -139,19 +139,28 @@ class StudyCNN(L2Penalty, nn.Module):
         return self.classifier(self.features(x))
 
 
-def _cnn_register(name, display, target, reported, cost, description, **kwargs):
-    register_network(
-        name,
-        StudyCNN,
-        kwargs,
-        display_name=display,
-        family="study-002 CNN",
-        study=STUDY,
-        target_layer=target,
-        reported=reported,
-        reported_cost=cost,
-        description=description,
-    )
+def _registrar(network: type[nn.Module], family: str, **shared):
+    """A one-line registration for each of the study's variants of ``network``."""
+
+    def register(name, display, target, reported, cost, description, **kwargs):
+        register_network(
+            name,
+            network,
+            kwargs,
+            display_name=display,
+            family=family,
+            study=STUDY,
+            target_layer=target,
+            reported=reported,
+            reported_cost=cost,
+            description=description,
+            **shared,
+        )
+
+    return register
+
+
+_cnn_register = _registrar(StudyCNN, "study-002 CNN")
 
 
 _cnn_register(
@@ -306,21 +315,12 @@ VGG_ADAPTATION = (
 )
 
 
-def _vgg_register(name, display, target, reported, cost, description, **kwargs):
-    register_network(
-        name,
-        StudyVGG,
-        kwargs,
-        display_name=display,
-        family="VGG",
-        study=STUDY,
-        target_layer=target,
-        reported=reported,
-        reported_cost=cost,
-        adaptation=VGG_ADAPTATION,
-        description=description,
-        recipe={"lr": 5e-4},  # no batch norm: VGG diverges at the default 2e-3
-    )
+_vgg_register = _registrar(
+    StudyVGG,
+    "VGG",
+    adaptation=VGG_ADAPTATION,
+    recipe={"lr": 5e-4},  # no batch norm: VGG diverges at the default 2e-3
+)
 
 
 _vgg_register(
