@@ -22,7 +22,7 @@ import torch
 from torch.utils import benchmark as tbench
 from torch.utils.flop_counter import FlopCounterMode
 
-from bloodviz.checkpoints import WEIGHTS, Checkpoint, write_json
+from bloodviz.checkpoints import Checkpoint, write_json
 from bloodviz.inference import hardware_info, softmax, versions
 from bloodviz.models import model_info
 from bloodviz.paths import cache_root
@@ -55,7 +55,9 @@ def count_flops(model: torch.nn.Module, size: int) -> int:
 
 
 def onnx_path(ckpt: Checkpoint) -> Path:
-    digest = hashlib.sha1((ckpt.path / WEIGHTS).read_bytes()).hexdigest()[:12]
+    weights = ckpt.weights_path
+    content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
+    digest = hashlib.sha1(content).hexdigest()[:12]
     return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.model}-{digest}.onnx"
 
 
@@ -65,7 +67,7 @@ def export_onnx(ckpt: Checkpoint, model: torch.nn.Module | None = None) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = (model or ckpt.load_model()).eval()
+    model = (model or ckpt.cost_model()).eval()
     size = ckpt.preprocessing.size
     tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
     # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
@@ -116,7 +118,7 @@ def bench_checkpoint(
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    model = ckpt.load_model()
+    model = ckpt.cost_model()
     size = ckpt.preprocessing.size
     info = model_info(ckpt.model)
     params = sum(p.numel() for p in model.parameters())
@@ -149,7 +151,8 @@ def bench_checkpoint(
         "command": command,
         "parameters": params,
         "weight_bytes_fp32": weight_bytes,
-        "checkpoint_file_bytes": (ckpt.path / WEIGHTS).stat().st_size,
+        "checkpoint_file_bytes": ckpt.weights_path.stat().st_size if ckpt.has_weights else None,
+        "weights_measured": "trained" if ckpt.has_weights else "untrained, same architecture",
         "checkpoint_dtype": ckpt.run.get("weights_dtype"),
         "flops": flops,
         "macs": flops // 2,
@@ -189,7 +192,7 @@ def bench_checkpoint(
         }
     elif with_memory and device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        step_model = ckpt.load_model().to(dev).train()
+        step_model = ckpt.cost_model().to(dev).train()
         loss = step_model(batch).logsumexp(1).mean()
         loss.backward()
         result["memory_mb"] = {
@@ -270,7 +273,7 @@ def format_table(results: list[dict]) -> str:
         lat = r["latency_b1_ms"]
         lines.append(
             f"{r['dataset']:15s} {r['model']:14s} {r['parameters']:9d} "
-            f"{r['flops'] / 1e6:8.1f} {r['checkpoint_file_bytes'] / 2**20:7.1f} "
+            f"{r['flops'] / 1e6:8.1f} {fmt((r['checkpoint_file_bytes'] or 0) / 2**20, '7.1f')} "
             f"{lat['median_ms']:7.2f} ({lat['iqr_ms']:5.2f}) "
             f"{r['throughput_b64_ips']['median']:9.0f} "
             f"{fmt(onnx.get('latency_b1_ms', {}).get('median_ms'), '9.2f')} "

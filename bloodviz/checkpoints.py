@@ -2,7 +2,9 @@
 
 A checkpoint folder holds
 - ``model.safetensors``: weights (fp16 where that does not change predictions), with metadata
-  naming the model and format so foreign or damaged files are refused clearly;
+  naming the model and format so foreign or damaged files are refused clearly. Weights over
+  :data:`MAX_SHIPPED_MB` are not shipped: they stay under ``runs/`` on the machine that trained
+  them, and the run card's ``weights_not_shipped`` says why (a *predictions-only* checkpoint);
 - ``preprocessing.json``: what inference must do to an image (:class:`Preprocessing`);
 - ``predictions-<split>.csv``: probabilities for every val / evaluation sample, by sample id;
 - ``metrics.json``: the evaluation summary per split, computed from those predictions;
@@ -25,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bloodviz.paths import checkpoints_root
+from bloodviz.paths import checkpoints_root, runs_root
 from bloodviz.preprocess import Preprocessing
 
 FORMAT = "bloodviz-checkpoint-1"
 WEIGHTS = "model.safetensors"
-REQUIRED = (WEIGHTS, "preprocessing.json", "run.json")
+REQUIRED = ("preprocessing.json", "run.json")
+MAX_SHIPPED_MB = 50  # the repository's per-file limit for committed weights
 
 
 class CheckpointError(ValueError):
@@ -247,18 +250,49 @@ class Checkpoint:
             pretrained=LAYOUT_ONLY if self.run.get("pretrained") else False,
         )
 
+    @property
+    def weights_path(self) -> Path | None:
+        """The shipped weights, else a local copy kept under ``runs/`` (too big to ship)."""
+        shipped = self.path / WEIGHTS
+        if shipped.exists():
+            return shipped
+        local = runs_root() / self.dataset_key / self.name / WEIGHTS
+        return local if local.exists() else None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.weights_path is not None
+
+    @property
+    def predictions_only_reason(self) -> str:
+        """Why this checkpoint ships no weights ('' when it does)."""
+        if (self.path / WEIGHTS).exists():
+            return ""
+        return self.run.get("weights_not_shipped") or "its folder holds no weights file"
+
     def load_model(self):
         """The trained network in eval mode, on CPU, weights checked against the registry."""
-
+        path = self.weights_path
+        if path is None:
+            raise CheckpointError(
+                f"{self.name} on {self.dataset_key} is a predictions-only checkpoint: "
+                f"{self.predictions_only_reason}"
+            )
         model = self.build_model()
-        state = load_weights(self.path / WEIGHTS, expected_model=self.model)
+        state = load_weights(path, expected_model=self.model)
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
-                f"{self.path / WEIGHTS} does not fit {self.model}: missing "
+                f"{path} does not fit {self.model}: missing "
                 f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
             )
         return model.eval()
+
+    def cost_model(self):
+        """The network whose speed and memory are measured: the trained one, or for a
+        predictions-only checkpoint the same architecture untrained (latency, FLOPs and
+        memory do not depend on the weight values)."""
+        return self.load_model() if self.has_weights else self.build_model().eval()
 
 
 def open_checkpoint(path: Path) -> Checkpoint:

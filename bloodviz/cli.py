@@ -30,6 +30,7 @@ TRAINING_SETTINGS = (
     "augment",
     "seed",
     "limit_per_class",
+    "train_limit_per_class",
     "pretrained",
     "precision",
     "device",
@@ -47,6 +48,13 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
+    p.add_argument(
+        "--train-subset",
+        dest="train_limit_per_class",
+        type=int,
+        default=None,
+        help="at most N training images per class (a CPU-budget run; val and test stay whole)",
+    )
     p.add_argument(
         "--pretrained",
         action="store_true",

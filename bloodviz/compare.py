@@ -68,6 +68,8 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
                 "n": metrics["n"],
                 "pretrained": "ImageNet" if run.get("pretrained") else "from scratch",
                 "epochs": run.get("epochs_run"),
+                "train_images": run.get("n_samples", {}).get("train"),
+                "weights": "predictions only" if ckpt.predictions_only_reason else "shipped",
                 "trained_on": run.get("hardware", {}).get("gpu") or run.get("device"),
                 "benchmarked": bool(bench),
                 "path": str(ckpt.path),

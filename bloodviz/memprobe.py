@@ -52,7 +52,7 @@ def main(argv: list[str]) -> dict:
             source = f"{ckpt.dataset}:{sample}"
         except Exception:  # data not at hand: the memory of one image is the same
             image = np.random.default_rng(0).integers(0, 255, (prep.size, prep.size, 3), np.uint8)
-        model = ckpt.load_model()
+        model = ckpt.cost_model()
         with torch.inference_mode():
             probs = torch.softmax(model(prep.normalize(image)), 1)
         return {

@@ -14,6 +14,7 @@ def checkpoint_table(root: Path | None = None) -> pd.DataFrame:
     rows = []
     for ckpt in list_checkpoints(root):
         run = ckpt.run
+        reason = ckpt.predictions_only_reason
         for split, m in ckpt.eval_metrics().items():
             rows.append(
                 {
@@ -30,6 +31,8 @@ def checkpoint_table(root: Path | None = None) -> pd.DataFrame:
                     "parameters": run.get("parameters"),
                     "pretrained": "ImageNet" if run.get("pretrained") else "from scratch",
                     "epochs": run.get("epochs_run"),
+                    "train images": run.get("n_samples", {}).get("train"),
+                    "weights": f"predictions only: {reason}" if reason else "shipped",
                     "trained on": run.get("hardware", {}).get("gpu") or run.get("device"),
                     "trained at": run.get("finished_at"),
                     "command": run.get("command"),

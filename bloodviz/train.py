@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 
 from bloodviz.checkpoints import (
     FORMAT,
+    MAX_SHIPPED_MB,
+    WEIGHTS,
     Predictions,
     checkpoint_dir,
     checkpoint_name,
@@ -63,6 +66,9 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     limit_per_class: int | None = None
+    # A CPU-budget run: fewer training images, but val and test stay whole, so its
+    # numbers stay comparable with every other model's (unlike limit_per_class).
+    train_limit_per_class: int | None = None
     pretrained: bool = False
     precision: str = "auto"
     device: str = "auto"
@@ -153,6 +159,10 @@ def train(
 ) -> Path:
     """Train ``config.model`` on ``config.dataset`` and write its checkpoint; return its folder."""
     info = model_info(config.model)
+    if info.trainer == "svm":
+        from bloodviz.svm import fit_feature_svm
+
+        return fit_feature_svm(config, data_root, checkpoints, progress, command, log)
     dataset = get_dataset(config.dataset, config.size or info.default_size, data_root)
     config.size = dataset.size
     device = pick_device(config.device)
@@ -166,7 +176,9 @@ def train(
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     limit = config.limit_per_class
-    train_data = dataset.load_split("train", limit=limit, seed=config.seed, progress=progress)
+    train_data = dataset.load_split(
+        "train", limit=config.train_limit_per_class or limit, seed=config.seed, progress=progress
+    )
     val_data = dataset.load_split("val", limit=limit, seed=config.seed, progress=progress)
     prep = dataset.preprocessing()
     log(
@@ -384,8 +396,23 @@ def train(
         "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
+    local_weights = Path(runs or runs_root()) / dataset.key / name / WEIGHTS
+
     def fill(folder: Path) -> None:
-        save_weights(model.state_dict(), folder / "model.safetensors", config.model, fp16=fp16)
+        save_weights(model.state_dict(), folder / WEIGHTS, config.model, fp16=fp16)
+        size_mb = (folder / WEIGHTS).stat().st_size / 2**20
+        if size_mb > MAX_SHIPPED_MB:
+            # A predictions-only checkpoint: the weights stay on this machine, outside the
+            # store, and the run card says so (the app then skips Grad-CAM and upload).
+            local_weights.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(folder / WEIGHTS, local_weights)
+            run_card["weights_not_shipped"] = (
+                f"its {'fp16' if fp16 else 'fp32'} weights are {size_mb:.0f} MB, over the "
+                f"{MAX_SHIPPED_MB} MB per-file limit; they were kept at {local_weights} on the "
+                f"machine that trained it"
+            )
+        else:
+            local_weights.unlink(missing_ok=True)
         prep.save(folder / "preprocessing.json")
         for split, preds in predictions.items():
             save_predictions(folder / f"predictions-{split}.csv", preds)

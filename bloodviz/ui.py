@@ -255,3 +255,15 @@ def need_models(key: str | None, ckpts: list[Checkpoint], at_least: int = 1) -> 
             f"`{train_hint(key)}`"
         )
     st.stop()
+
+
+def with_weights(ckpts: list[Checkpoint]) -> list[Checkpoint]:
+    """The chosen checkpoints that can run on an image; says which ship predictions only."""
+    runnable = [c for c in ckpts if c.has_weights]
+    for ckpt in ckpts:
+        if not ckpt.has_weights:
+            st.caption(
+                f"**{ckpt.name}** is left out here: it ships predictions only "
+                f"({ckpt.predictions_only_reason}). Its metrics are on the other pages."
+            )
+    return runnable

@@ -35,7 +35,10 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
                     "n": m["n"],
                     "pretrained": bool(ckpt.run.get("pretrained")),
                     "epochs": ckpt.run.get("epochs_run"),
+                    "train_images": ckpt.run.get("n_samples", {}).get("train"),
                     "trained_on": ckpt.run.get("device"),
+                    "weights_shipped": not ckpt.predictions_only_reason,
+                    "train_subset": ckpt.run.get("config", {}).get("train_limit_per_class"),
                 }
         cost = info.reported_cost
         rows.append(
@@ -80,9 +83,10 @@ def format_zoo(rows: list[dict]) -> str:
         for key, v in r["reproduced"].items():
             dataset, ckpt, split = key.split("/")
             if split in ("test", "test_simple"):
-                mine.append(
-                    f"{dataset}{'*' if v['pretrained'] else ''} {split} {v['accuracy']:.2f}"
-                )
+                marks = ("*" if v["pretrained"] else "") + ("~" if v.get("train_subset") else "")
+                marks += "" if v.get("weights_shipped", True) else "p"
+                epochs = f" ({v['epochs']}ep)" if v["epochs"] else ""
+                mine.append(f"{dataset}{marks} {split} {v['accuracy']:.2f}{epochs}")
         printed = r["parameters_printed"]
         match = ""
         if printed:
@@ -94,6 +98,8 @@ def format_zoo(rows: list[dict]) -> str:
         )
     lines.append(
         "params: at the study's input size and class count, counted as Keras does (batch-norm "
-        "statistics included); '=' marks an exact match with the printed count."
+        "statistics included); '=' marks an exact match with the printed count.\n"
+        "reproduced: (Nep) epochs run; * ImageNet-pretrained; ~ CPU-budget run on a training "
+        "subset (val and test whole); p predictions only (no weights shipped)."
     )
     return "\n".join(lines)

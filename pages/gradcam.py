@@ -10,6 +10,7 @@ from bloodviz.paths import DataNotFoundError
 
 st.title("Grad-CAM explorer")
 key, ckpts = ui.current_selection()
+ckpts = ui.with_weights(ckpts)
 if not ckpts:
     st.info(
         f"Choose a dataset and models in the sidebar. No checkpoint yet? `{ui.train_hint(key)}`"

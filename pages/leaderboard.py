@@ -50,7 +50,9 @@ columns = [
     "memory_mb",
     "pretrained",
     "epochs",
+    "train_images",
     "trained_on",
+    "weights",
 ]
 number = st.column_config.NumberColumn
 st.dataframe(
@@ -71,6 +73,7 @@ st.dataframe(
         "mflops": number("MFLOPs", format="%.1f"),
         "file_mb": number("file MB", format="%.1f"),
         "memory_mb": number("RAM MB", format="%.0f"),
+        "train_images": number("train images", format="localized"),
     },
 )
 ui.table_download(shown[columns], f"bloodviz-leaderboard-{key}-{split}.csv")

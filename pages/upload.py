@@ -9,6 +9,7 @@ from bloodviz.predict import classify, result_rows
 
 st.title("Upload and classify")
 key, ckpts = ui.current_selection()
+ckpts = ui.with_weights(ckpts)
 if not ckpts:
     st.info(
         f"Choose a dataset and at least one model in the sidebar. No checkpoint yet? "

@@ -15,7 +15,7 @@ import torch
 from helpers import run_bloodviz, store_env, train_tiny
 
 from bloodviz.checkpoints import open_checkpoint
-from bloodviz.models import create_model, list_models
+from bloodviz.models import create_model, list_models, model_info
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,12 +152,48 @@ def test_killed_training_resumes_losing_at_most_one_epoch(tmp_path):
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_trains_a_step(name):
-    model = create_model(name, num_classes=8, in_size=64)
-    x = torch.randn(2, 3, 64, 64)
-    out = model(x)
-    assert out.shape == (2, 8)
-    out.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    """Forward and backward at the study's input size and at pbc's 64 px, on CPU."""
+    info = model_info(name)
+    for size in sorted({64, info.default_size}):
+        model = create_model(name, num_classes=8, in_size=size)
+        out = model(torch.randn(2, 3, size, size))
+        # an SVM model's network is its feature extractor (ResNet-50's 2048 pooled features)
+        assert out.shape == ((2, 2048) if info.trainer == "svm" else (2, 8))
+        out.sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_oversized_weights_make_a_predictions_only_checkpoint(tmp_path, monkeypatch, data_root):
+    """Weights over the size limit stay under runs/; the card says why; the store still
+    serves predictions and metrics, and asking for the network says what is missing.
+    A CPU-budget run (--train-subset) trains on fewer images but evaluates on whole splits."""
+    import bloodviz.train as train_module
+    from bloodviz.checkpoints import CheckpointError
+    from bloodviz.compare import leaderboard
+    from bloodviz.tables import checkpoint_table
+
+    monkeypatch.setattr(train_module, "MAX_SHIPPED_MB", 0)
+    config = train_module.TrainConfig.for_model(
+        "cnn_baseline", "pbc", size=28, epochs=1, limit_per_class=4, train_limit_per_class=2
+    )
+    out = train_module.train(
+        config, str(data_root), tmp_path / "ck", tmp_path / "runs", progress=False, log=str
+    )
+    ckpt = open_checkpoint(out)
+    assert ckpt.run["n_samples"] == {"train": 16, "val": 32, "test": 32}
+    assert not (out / "model.safetensors").exists()
+    local = tmp_path / "runs" / "pbc-28" / "cnn_baseline" / "model.safetensors"
+    assert local.exists() and "over the 0 MB per-file limit" in ckpt.run["weights_not_shipped"]
+    monkeypatch.setenv("BLOODVIZ_RUNS", str(tmp_path / "runs"))
+    assert ckpt.has_weights and ckpt.load_model() is not None  # the local copy serves here
+    local.unlink()
+    assert not ckpt.has_weights
+    with pytest.raises(CheckpointError, match="predictions-only"):
+        ckpt.load_model()
+    assert ckpt.cost_model()(torch.zeros(1, 3, 28, 28)).shape == (1, 8)
+    assert ckpt.predictions("test").probs.shape == (32, 8)
+    assert checkpoint_table(tmp_path / "ck")["weights"].str.startswith("predictions only").all()
+    assert leaderboard([ckpt], "test")["weights"].tolist() == ["predictions only"]
 
 
 @pytest.mark.parametrize("name,count", [("lenet5", 1_516_952), ("alexnet000", 1_413_732)])

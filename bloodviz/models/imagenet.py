@@ -204,3 +204,24 @@ class VGG16Features(nn.Module):
 )
 def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
     return VGG16Features(num_classes, in_size, pretrained)
+
+
+# -- ResNet-50 features + one-vs-one SVM (study 003) ------------------------------------------
+@register_model(
+    "resnet50_svm",
+    display_name="ResNet-50 features + OvO SVM (study 003)",
+    family="ResNet + SVM",
+    study=STUDY_003,
+    adaptation=SMALL_INPUT_ADAPTATION + "; without ImageNet weights the features come from "
+    "bloodviz's own resnet50 checkpoint on the same data (the study used ImageNet features)",
+    pretrained_source="resnet50",
+    trainer="svm",
+    reported=(
+        _reported("accuracy", 83.71, KAGGLE, "test", True, "ImageNet ResNet50 features + SVM OvO"),
+    ),
+    description="2048 pooled ResNet-50 features, standardised, into scikit-learn's RBF SVC "
+    "(one-vs-one; probabilities by pairwise coupling). The network built here is the feature "
+    "extractor; `bloodviz train` fits the SVM (see bloodviz.svm).",
+)
+def resnet50_svm(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
+    return resnet50(0, in_size, pretrained)  # timm: num_classes=0 gives pooled features

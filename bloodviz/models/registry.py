@@ -48,6 +48,8 @@ class ModelInfo:
     recipe: dict = field(default_factory=dict)
     # the timm name whose ImageNet weights ``pretrained=True`` loads; "" = none exist
     pretrained_source: str = ""
+    # "gradient": trained by bloodviz.train; "svm": a network's features + an SVM (bloodviz.svm)
+    trainer: str = "gradient"
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -67,6 +69,7 @@ def register_model(
     description: str = "",
     recipe: dict | None = None,
     pretrained_source: str = "",
+    trainer: str = "gradient",
 ):
     """Register a builder ``fn(num_classes, in_size, pretrained) -> nn.Module`` under ``name``."""
 
@@ -87,6 +90,7 @@ def register_model(
             description=description,
             recipe=dict(recipe or {}),
             pretrained_source=pretrained_source,
+            trainer=trainer,
         )
         return builder
 
