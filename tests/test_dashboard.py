@@ -134,3 +134,26 @@ def test_a_checkpoint_rewritten_while_the_app_runs_is_read_afresh(monkeypatch, s
     after = app.dataframe[0].value.set_index("name")["accuracy"]
     name = next(n for n in after.index if "Baseline" in n)
     assert before[name] != 0.123 and after[name] == 0.123
+
+
+def test_a_predictions_only_checkpoint_is_compared_but_not_run(monkeypatch, store, tmp_path):
+    """A model whose weights are too big to ship appears on the leaderboard with its metrics,
+    and the Grad-CAM and upload pages leave it out with the reason instead of failing."""
+    import json
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    folder = copy / "pbc-64" / "cnn002_4layer"
+    (folder / "model.safetensors").unlink()
+    run = json.loads((folder / "run.json").read_text())
+    run["weights_not_shipped"] = "its fp16 weights are 109 MB, over the 50 MB per-file limit"
+    (folder / "run.json").write_text(json.dumps(run))
+    app = _open(monkeypatch, copy)
+    table = app.dataframe[0].value.set_index("name")
+    assert sorted(table["weights"]) == ["predictions only", "shipped"]
+    for page in ("pages/gradcam.py", "pages/upload.py"):
+        app.switch_page(page).run()
+        assert not app.exception, app.exception
+        notes = " ".join(c.value for c in app.caption)
+        assert "cnn002_4layer** is left out here" in notes and "109 MB" in notes
