@@ -286,7 +286,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
             target_split = {"validation": "val"}.get(reported.split, reported.split)
             ours = [c for c in shipped.get(name, []) if c.dataset == target_dataset]
             key = _metric_key(reported.metric)
-            ours_value, ours_ci, pretrained = None, None, None
+            ours_value, ours_ci, pretrained, training = None, None, None, ""
             where = "not trained yet" if key else "we do not compute this figure"
             for ckpt in ours if key else []:
                 m = ckpt.metrics().get(target_split)
@@ -297,6 +297,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                 ours_ci = f"{100 * lo:.1f}–{100 * hi:.1f}" if lo is not None else ""
                 where = f"{ckpt.dataset_key} / {target_split} (n={m['n']})"
                 pretrained = "ImageNet" if ckpt.run.get("pretrained") else "from scratch"
+                training = _training_text(ckpt.run)
                 break
             rows.append(
                 {
@@ -311,21 +312,36 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                     "bloodviz 95% CI": ours_ci,
                     "bloodviz on": where,
                     "bloodviz pretrained": pretrained,
+                    "bloodviz training": training,
                     "difference": None if ours_value is None else ours_value - reported.value,
-                    "like for like": _like_for_like(reported, ours_value, pretrained),
+                    "like for like": _like_for_like(reported, ours_value, pretrained, training),
                     "note": reported.note,
                 }
             )
     return pd.DataFrame(rows)
 
 
-def _like_for_like(reported, ours_value, ours_pretrained) -> str:
+def _training_text(run: dict) -> str:
+    """How much training a run had, e.g. '2 ep on 800 train images (CPU-budget subset)'."""
+    n_train = run.get("n_samples", {}).get("train")
+    images = f"{n_train:,}" if n_train else "?"
+    epochs = run.get("epochs_run")
+    text = f"{epochs} ep on {images} train images" if epochs else f"fit on {images} images"
+    if run.get("config", {}).get("train_limit_per_class"):
+        text += " (CPU-budget subset)"
+    return text
+
+
+def _like_for_like(reported, ours_value, ours_pretrained, training: str = "") -> str:
     if ours_value is None:
         return ""
     theirs = "ImageNet" if reported.pretrained else "from scratch"
+    gaps = []
     if theirs != ours_pretrained:
-        return f"no: study {theirs}, ours {ours_pretrained}"
-    return "yes"
+        gaps.append(f"study {theirs}, ours {ours_pretrained}")
+    if "CPU-budget" in training:
+        gaps.append("ours a CPU-budget run on a training subset")
+    return "no: " + "; ".join(gaps) if gaps else "yes"
 
 
 def _metric_key(metric: str) -> str | None:
