@@ -343,7 +343,7 @@ def train(
         for split in dataset.eval_splits
     }
     eval_data["val"] = val_data
-    fp16 = _fp16_is_faithful(
+    fp16, val_probs = _fp16_check(
         config.model, model, prep, val_data.images, len(dataset.class_names), config.pretrained
     )
     if fp16:
@@ -353,7 +353,7 @@ def train(
         split: Predictions(
             ids=data.ids,
             labels=data.labels,
-            probs=predict_probs(model, prep, data.images),
+            probs=val_probs if split == "val" else predict_probs(model, prep, data.images),
             class_names=dataset.class_names,
         )
         for split, data in eval_data.items()
@@ -433,11 +433,12 @@ def _fp16_rounded(state: dict) -> dict:
     return {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
-def _fp16_is_faithful(name, model, prep, images, num_classes, pretrained=False) -> bool:
-    """fp16 weights are kept only if every validation prediction stays the same."""
-    if len(images) == 0:
-        return True
+def _fp16_check(name, model, prep, images, num_classes, pretrained=False):
+    """Whether fp16 weights keep every validation prediction, and the validation
+    probabilities of the weights that will ship (so they are not computed twice)."""
     reference = predict_probs(model, prep, images)
+    if len(images) == 0:
+        return True, reference
     half = create_model(
         name,
         num_classes=num_classes,
@@ -446,7 +447,9 @@ def _fp16_is_faithful(name, model, prep, images, num_classes, pretrained=False) 
     )
     half.load_state_dict(_fp16_rounded(model.state_dict()))
     rounded = predict_probs(half, prep, images)
-    return bool(np.array_equal(reference.argmax(1), rounded.argmax(1)))
+    if np.array_equal(reference.argmax(1), rounded.argmax(1)):
+        return True, rounded
+    return False, reference
 
 
 def describe(dataset: BloodDataset) -> str:
