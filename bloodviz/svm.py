@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +25,6 @@ import torch
 from tqdm.auto import tqdm
 
 from bloodviz.checkpoints import (
-    FORMAT,
     CheckpointError,
     Predictions,
     checkpoint_dir,
@@ -41,6 +39,7 @@ from bloodviz.inference import hardware_info, versions
 from bloodviz.metrics import classification_summary
 from bloodviz.models import create_model, model_info
 from bloodviz.preprocess import Preprocessing
+from bloodviz.train import run_card_identity
 
 BACKBONE = "resnet50"
 
@@ -165,17 +164,7 @@ def fit_feature_svm(
         + (" --pretrained" if config.pretrained else "")
     )
     run_card = {
-        "format": FORMAT,
-        "dataset": dataset.name,
-        "size": dataset.size,
-        "model": config.model,
-        "display_name": info.display_name,
-        "family": info.family,
-        "pretrained": config.pretrained,
-        "pretrained_source": info.pretrained_source if config.pretrained else "",
-        "adaptation": info.adaptation,
-        "dataset_description": dataset.description,
-        "config": asdict(config),
+        **run_card_identity(config, dataset),
         "features": source,
         "classifier": f"StandardScaler + SVC(rbf, C=1, one-vs-one, sigmoid-calibrated), "
         f"{n_support} support vectors",

@@ -364,19 +364,7 @@ def train(
     }
     finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_card = {
-        "format": FORMAT,
-        "dataset": dataset.name,
-        "size": dataset.size,
-        "model": config.model,
-        "display_name": info.display_name,
-        "family": info.family,
-        "pretrained": config.pretrained,
-        "pretrained_source": model_info(config.model).pretrained_source
-        if config.pretrained
-        else "",
-        "adaptation": info.adaptation,
-        "dataset_description": dataset.description,
-        "config": asdict(config),
+        **run_card_identity(config, dataset),
         "device": str(device),
         "precision": precision,
         "weights_dtype": "fp16" if fp16 else "fp32",
@@ -426,6 +414,24 @@ def train(
         log(f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}")
     log(f"checkpoint written to {out_dir}")
     return out_dir
+
+
+def run_card_identity(config: TrainConfig, dataset: BloodDataset) -> dict:
+    """The first fields of every run card: what was trained, on what, with which settings."""
+    info = model_info(config.model)
+    return {
+        "format": FORMAT,
+        "dataset": dataset.name,
+        "size": dataset.size,
+        "model": config.model,
+        "display_name": info.display_name,
+        "family": info.family,
+        "pretrained": config.pretrained,
+        "pretrained_source": info.pretrained_source if config.pretrained else "",
+        "adaptation": info.adaptation,
+        "dataset_description": dataset.description,
+        "config": asdict(config),
+    }
 
 
 def _fp16_rounded(state: dict) -> dict:
