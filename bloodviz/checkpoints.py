@@ -130,6 +130,32 @@ def save_weights(state_dict: dict, path: Path, model_name: str, fp16: bool) -> N
     del torch
 
 
+def why_not_shipped(size_mb: float, dtype: str, cpu_budget_run: bool) -> str:
+    """Why a weights file stays out of the committed store ('' when it ships).
+
+    Over the per-file limit it cannot ship. A CPU-budget run (a training subset, a couple of
+    epochs) is a placeholder until a full run replaces it; git would keep every copy of its
+    weights forever, so only its predictions, metrics and run card are committed.
+    """
+    if size_mb > MAX_SHIPPED_MB:
+        return (
+            f"its {dtype} weights are {size_mb:.0f} MB, over the {MAX_SHIPPED_MB} MB per-file limit"
+        )
+    if cpu_budget_run:
+        return (
+            f"a CPU-budget run on a training subset: its {size_mb:.0f} MB of {dtype} weights are "
+            "a placeholder until a full run, so they are not committed (git keeps every copy)"
+        )
+    return ""
+
+
+def keep_weights_local(folder: Path, local: Path, reason: str) -> str:
+    """Move a checkpoint's weights out of the store to ``local``; return the run-card text."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(folder / WEIGHTS, local)
+    return f"{reason}; they were kept at {local} on the machine that trained it"
+
+
 def load_weights(path: Path, expected_model: str | None = None) -> dict:
     """Load a safetensors state dict as float32, refusing files that are not ours."""
     from safetensors import SafetensorError, safe_open

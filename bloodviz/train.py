@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -27,13 +26,14 @@ from tqdm.auto import tqdm
 
 from bloodviz.checkpoints import (
     FORMAT,
-    MAX_SHIPPED_MB,
     WEIGHTS,
     Predictions,
     checkpoint_dir,
     checkpoint_name,
+    keep_weights_local,
     save_predictions,
     save_weights,
+    why_not_shipped,
     write_atomic,
     write_json,
 )
@@ -389,16 +389,12 @@ def train(
     def fill(folder: Path) -> None:
         save_weights(model.state_dict(), folder / WEIGHTS, config.model, fp16=fp16)
         size_mb = (folder / WEIGHTS).stat().st_size / 2**20
-        if size_mb > MAX_SHIPPED_MB:
+        budget_run = config.train_limit_per_class is not None
+        reason = why_not_shipped(size_mb, "fp16" if fp16 else "fp32", budget_run)
+        if reason:
             # A predictions-only checkpoint: the weights stay on this machine, outside the
             # store, and the run card says so (the app then skips Grad-CAM and upload).
-            local_weights.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(folder / WEIGHTS, local_weights)
-            run_card["weights_not_shipped"] = (
-                f"its {'fp16' if fp16 else 'fp32'} weights are {size_mb:.0f} MB, over the "
-                f"{MAX_SHIPPED_MB} MB per-file limit; they were kept at {local_weights} on the "
-                f"machine that trained it"
-            )
+            run_card["weights_not_shipped"] = keep_weights_local(folder, local_weights, reason)
         else:
             local_weights.unlink(missing_ok=True)
         prep.save(folder / "preprocessing.json")

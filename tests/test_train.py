@@ -163,16 +163,23 @@ def test_every_registered_model_trains_a_step(name):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_oversized_weights_make_a_predictions_only_checkpoint(tmp_path, monkeypatch, data_root):
-    """Weights over the size limit stay under runs/; the card says why; the store still
-    serves predictions and metrics, and asking for the network says what is missing.
-    A CPU-budget run (--train-subset) trains on fewer images but evaluates on whole splits."""
+def test_which_weights_are_not_committed():
+    from bloodviz.checkpoints import why_not_shipped
+
+    assert why_not_shipped(49.9, "fp16", False) == ""
+    assert "109 MB, over the 50 MB per-file limit" in why_not_shipped(109.2, "fp16", False)
+    assert "CPU-budget run" in why_not_shipped(8.0, "fp16", True)
+
+
+def test_a_cpu_budget_run_makes_a_predictions_only_checkpoint(tmp_path, monkeypatch, data_root):
+    """A CPU-budget run (--train-subset) trains on fewer images but evaluates on whole splits;
+    its weights stay under runs/, the card says why, the store still serves predictions and
+    metrics, and asking for the network says what is missing."""
     import bloodviz.train as train_module
     from bloodviz.checkpoints import CheckpointError
     from bloodviz.compare import leaderboard
     from bloodviz.tables import checkpoint_table
 
-    monkeypatch.setattr(train_module, "MAX_SHIPPED_MB", 0)
     config = train_module.TrainConfig.for_model(
         "cnn_baseline", "pbc", size=28, epochs=1, limit_per_class=4, train_limit_per_class=2
     )
@@ -183,7 +190,7 @@ def test_oversized_weights_make_a_predictions_only_checkpoint(tmp_path, monkeypa
     assert ckpt.run["n_samples"] == {"train": 16, "val": 32, "test": 32}
     assert not (out / "model.safetensors").exists()
     local = tmp_path / "runs" / "pbc-28" / "cnn_baseline" / "model.safetensors"
-    assert local.exists() and "over the 0 MB per-file limit" in ckpt.run["weights_not_shipped"]
+    assert local.exists() and "CPU-budget run" in ckpt.run["weights_not_shipped"]
     monkeypatch.setenv("BLOODVIZ_RUNS", str(tmp_path / "runs"))
     assert ckpt.has_weights and ckpt.load_model() is not None  # the local copy serves here
     local.unlink()
