@@ -297,7 +297,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                 ours_ci = f"{100 * lo:.1f}–{100 * hi:.1f}" if lo is not None else ""
                 where = f"{ckpt.dataset_key} / {target_split} (n={m['n']})"
                 pretrained = "ImageNet" if ckpt.run.get("pretrained") else "from scratch"
-                training = _training_text(ckpt.run)
+                training = training_text(ckpt.run)
                 break
             rows.append(
                 {
@@ -321,7 +321,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _training_text(run: dict) -> str:
+def training_text(run: dict) -> str:
     """How much training a run had, e.g. '2 ep on 800 train images (CPU-budget subset)'."""
     n_train = run.get("n_samples", {}).get("train")
     images = f"{n_train:,}" if n_train else "?"

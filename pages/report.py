@@ -8,6 +8,7 @@ from bloodviz.compare import (
     most_confused,
     pr_curves,
     roc_curves,
+    training_text,
 )
 from bloodviz.metrics import confusion_matrix, reliability_bins
 from bloodviz.plots import (
@@ -42,10 +43,12 @@ st.caption(
     f"**{run.get('display_name', model)}** on {key} / {split}: n = {metrics['n']}, "
     f"accuracy {metrics['accuracy']:.4f} (95% CI {metrics['accuracy_ci95'][0]:.4f}–"
     f"{metrics['accuracy_ci95'][1]:.4f}), macro-F1 {metrics['macro_f1']:.4f}. "
-    f"Trained {run.get('epochs_run')} epochs on {run.get('device')} "
+    f"{training_text(run).capitalize()} on {run.get('device')} "
     f"({'ImageNet-pretrained' if run.get('pretrained') else 'from scratch'}), "
     f"finished {run.get('finished_at')}: `{run.get('command')}`"
 )
+if ckpt.predictions_only_reason:
+    st.caption(f"Predictions only: {ckpt.predictions_only_reason}.")
 
 tab_report, tab_confusion, tab_curves, tab_history = st.tabs(
     ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"]

@@ -157,3 +157,6 @@ def test_a_predictions_only_checkpoint_is_compared_but_not_run(monkeypatch, stor
         assert not app.exception, app.exception
         notes = " ".join(c.value for c in app.caption)
         assert "cnn002_4layer** is left out here" in notes and "109 MB" in notes
+    app.switch_page("pages/report.py").run()
+    _box(app, "Model").set_value("cnn002_4layer").run()
+    assert any(c.value.startswith("Predictions only: its fp16") for c in app.caption)
