@@ -213,7 +213,8 @@ def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.M
     family="ResNet + SVM",
     study=STUDY_003,
     adaptation=SMALL_INPUT_ADAPTATION + "; without ImageNet weights the features come from "
-    "bloodviz's own resnet50 checkpoint on the same data (the study used ImageNet features)",
+    "bloodviz's own resnet50 checkpoint on the same data (the study used ImageNet features); "
+    "cost figures are the feature extractor's, the SVM's kernel sums are not timed",
     pretrained_source="resnet50",
     trainer="svm",
     reported=(
