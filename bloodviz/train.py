@@ -343,9 +343,12 @@ def train(
         for split in dataset.eval_splits
     }
     eval_data["val"] = val_data
-    fp16, val_probs = _fp16_check(
-        config.model, model, prep, val_data.images, len(dataset.class_names), config.pretrained
-    )
+    if config.train_limit_per_class is None:
+        fp16, val_probs = _fp16_check(
+            config.model, model, prep, val_data.images, len(dataset.class_names), config.pretrained
+        )
+    else:  # a CPU-budget run's weights are never shipped: keep fp32, skip the check's pass
+        fp16, val_probs = False, predict_probs(model, prep, val_data.images)
     if fp16:
         # ship and cache exactly what the fp16 file will reproduce
         model.load_state_dict(_fp16_rounded(model.state_dict()))
