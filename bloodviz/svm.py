@@ -36,10 +36,9 @@ from bloodviz.checkpoints import (
 )
 from bloodviz.data import get_dataset
 from bloodviz.inference import hardware_info, versions
-from bloodviz.metrics import classification_summary
 from bloodviz.models import create_model, model_info
 from bloodviz.preprocess import Preprocessing
-from bloodviz.train import run_card_identity
+from bloodviz.train import run_card_identity, summarise
 
 BACKBONE = "resnet50"
 
@@ -124,7 +123,7 @@ def fit_feature_svm(
     )
     limit = config.limit_per_class
     train_data = dataset.load_split(
-        "train", limit=config.train_limit_per_class or limit, seed=config.seed, progress=progress
+        "train", limit=config.train_limit, seed=config.seed, progress=progress
     )
     splits = {"val": dataset.load_split("val", limit=limit, seed=config.seed, progress=progress)}
     for split in dataset.eval_splits:
@@ -146,21 +145,14 @@ def fit_feature_svm(
         predictions[split] = Predictions(
             ids=data.ids, labels=data.labels, probs=probs, class_names=dataset.class_names
         )
-    metrics = {
-        split: classification_summary(p.labels, p.probs, dataset.class_names, seed=config.seed)
-        for split, p in predictions.items()
-    }
+    metrics = summarise(predictions, config.seed)
     n_support = support_vectors(svm)
     name = checkpoint_name(config.model, config.pretrained)
     out_dir = checkpoint_dir(dataset.key, name, checkpoints)
     refit = (
         f"python -m bloodviz train --model {config.model} --dataset {dataset.name} "
         f"--size {dataset.size}"
-        + (
-            f" --train-subset {config.train_limit_per_class}"
-            if config.train_limit_per_class
-            else ""
-        )
+        + (f" --train-subset {config.train_limit_per_class}" if config.cpu_budget else "")
         + (" --pretrained" if config.pretrained else "")
     )
     run_card = {

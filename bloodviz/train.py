@@ -80,6 +80,15 @@ class TrainConfig:
         chosen.update({k: v for k, v in settings.items() if v is not None})
         return cls(model=model, dataset=dataset, **chosen)
 
+    @property
+    def train_limit(self) -> int | None:
+        """Images a class the training split is cut to (a CPU-budget run's subset first)."""
+        return self.train_limit_per_class or self.limit_per_class
+
+    @property
+    def cpu_budget(self) -> bool:
+        return self.train_limit_per_class is not None
+
     def resume_key(self) -> dict:
         """Settings that must match for a saved state to be continued."""
         key = asdict(self)
@@ -177,7 +186,7 @@ def train(
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     limit = config.limit_per_class
     train_data = dataset.load_split(
-        "train", limit=config.train_limit_per_class or limit, seed=config.seed, progress=progress
+        "train", limit=config.train_limit, seed=config.seed, progress=progress
     )
     val_data = dataset.load_split("val", limit=limit, seed=config.seed, progress=progress)
     prep = dataset.preprocessing()
@@ -343,7 +352,7 @@ def train(
         for split in dataset.eval_splits
     }
     eval_data["val"] = val_data
-    if config.train_limit_per_class is None:
+    if not config.cpu_budget:
         fp16, val_probs = _fp16_check(
             config.model, model, prep, val_data.images, len(dataset.class_names), config.pretrained
         )
@@ -361,10 +370,7 @@ def train(
         )
         for split, data in eval_data.items()
     }
-    metrics = {
-        split: classification_summary(p.labels, p.probs, dataset.class_names, seed=config.seed)
-        for split, p in predictions.items()
-    }
+    metrics = summarise(predictions, config.seed)
     finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_card = {
         **run_card_identity(config, dataset),
@@ -392,8 +398,7 @@ def train(
     def fill(folder: Path) -> None:
         save_weights(model.state_dict(), folder / WEIGHTS, config.model, fp16=fp16)
         size_mb = (folder / WEIGHTS).stat().st_size / 2**20
-        budget_run = config.train_limit_per_class is not None
-        reason = why_not_shipped(size_mb, "fp16" if fp16 else "fp32", budget_run)
+        reason = why_not_shipped(size_mb, "fp16" if fp16 else "fp32", config.cpu_budget)
         if reason:
             # A predictions-only checkpoint: the weights stay on this machine, outside the
             # store, and the run card says so (the app then skips Grad-CAM and upload).
@@ -413,6 +418,14 @@ def train(
         log(f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}")
     log(f"checkpoint written to {out_dir}")
     return out_dir
+
+
+def summarise(predictions: dict[str, Predictions], seed: int = 0) -> dict:
+    """The metrics.json of a checkpoint: one classification summary per split."""
+    return {
+        split: classification_summary(p.labels, p.probs, p.class_names, seed=seed)
+        for split, p in predictions.items()
+    }
 
 
 def run_card_identity(config: TrainConfig, dataset: BloodDataset) -> dict:
