@@ -286,7 +286,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
             target_split = {"validation": "val"}.get(reported.split, reported.split)
             ours = [c for c in shipped.get(name, []) if c.dataset == target_dataset]
             key = _metric_key(reported.metric)
-            ours_value, ours_ci, pretrained, training = None, None, None, ""
+            ours_value, ours_ci, pretrained, training, budget = None, None, None, "", False
             where = "not trained yet" if key else "we do not compute this figure"
             for ckpt in ours if key else []:
                 m = ckpt.metrics().get(target_split)
@@ -298,6 +298,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                 where = f"{ckpt.dataset_key} / {target_split} (n={m['n']})"
                 pretrained = "ImageNet" if ckpt.run.get("pretrained") else "from scratch"
                 training = training_text(ckpt.run)
+                budget = is_cpu_budget_run(ckpt.run)
                 break
             rows.append(
                 {
@@ -314,11 +315,16 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                     "bloodviz pretrained": pretrained,
                     "bloodviz training": training,
                     "difference": None if ours_value is None else ours_value - reported.value,
-                    "like for like": _like_for_like(reported, ours_value, pretrained, training),
+                    "like for like": _like_for_like(reported, ours_value, pretrained, budget),
                     "note": reported.note,
                 }
             )
     return pd.DataFrame(rows)
+
+
+def is_cpu_budget_run(run: dict) -> bool:
+    """Whether a run card's run trained on a subset (``--train-subset``)."""
+    return bool(run.get("config", {}).get("train_limit_per_class"))
 
 
 def training_text(run: dict) -> str:
@@ -327,19 +333,19 @@ def training_text(run: dict) -> str:
     images = f"{n_train:,}" if n_train else "?"
     epochs = run.get("epochs_run")
     text = f"{epochs} ep on {images} train images" if epochs else f"fit on {images} images"
-    if run.get("config", {}).get("train_limit_per_class"):
+    if is_cpu_budget_run(run):
         text += " (CPU-budget subset)"
     return text
 
 
-def _like_for_like(reported, ours_value, ours_pretrained, training: str = "") -> str:
+def _like_for_like(reported, ours_value, ours_pretrained, cpu_budget: bool = False) -> str:
     if ours_value is None:
         return ""
     theirs = "ImageNet" if reported.pretrained else "from scratch"
     gaps = []
     if theirs != ours_pretrained:
         gaps.append(f"study {theirs}, ours {ours_pretrained}")
-    if "CPU-budget" in training:
+    if cpu_budget:
         gaps.append("ours a CPU-budget run on a training subset")
     return "no: " + "; ".join(gaps) if gaps else "yes"
 

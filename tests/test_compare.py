@@ -151,7 +151,7 @@ def test_leaderboard_and_studies_table_from_real_checkpoints(two_models):
 
 
 def test_like_for_like_flags_pretraining_and_cpu_budget_runs():
-    from bloodviz.compare import _like_for_like, training_text
+    from bloodviz.compare import _like_for_like, is_cpu_budget_run, training_text
     from bloodviz.models.registry import Reported
 
     budget = {
@@ -164,8 +164,8 @@ def test_like_for_like_flags_pretraining_and_cpu_budget_runs():
     assert training_text(full) == "15 ep on 11,366 train images"
     imagenet = Reported("accuracy", 88.55, "Kaggle", "validation", pretrained=True)
     scratch = Reported("accuracy", 88.07, "BloodMNIST 64x64", "test")
-    assert _like_for_like(scratch, 90.0, "from scratch", training_text(full)) == "yes"
-    assert _like_for_like(imagenet, 50.0, "from scratch", training_text(budget)) == (
+    assert _like_for_like(scratch, 90.0, "from scratch", is_cpu_budget_run(full)) == "yes"
+    assert _like_for_like(imagenet, 50.0, "from scratch", is_cpu_budget_run(budget)) == (
         "no: study ImageNet, ours from scratch; ours a CPU-budget run on a training subset"
     )
     assert _like_for_like(scratch, None, None) == ""

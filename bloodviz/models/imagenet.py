@@ -221,7 +221,7 @@ def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.M
         _reported("accuracy", 83.71, KAGGLE, "test", True, "ImageNet ResNet50 features + SVM OvO"),
     ),
     description="2048 pooled ResNet-50 features, standardised, into scikit-learn's RBF SVC "
-    "(one-vs-one; probabilities by pairwise coupling). The network built here is the feature "
+    "(one-vs-one; probabilities by sigmoid calibration). The network built here is the feature "
     "extractor; `bloodviz train` fits the SVM (see bloodviz.svm).",
 )
 def resnet50_svm(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
