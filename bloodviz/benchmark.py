@@ -153,7 +153,7 @@ def bench_checkpoint(
         "weight_bytes_fp32": weight_bytes,
         "checkpoint_file_bytes": ckpt.weights_path.stat().st_size if ckpt.has_weights else None,
         "weights_measured": "trained" if ckpt.has_weights else "untrained, same architecture",
-        "checkpoint_dtype": ckpt.run.get("weights_dtype"),
+        "checkpoint_dtype": ckpt.run.weights_dtype,
         "flops": flops,
         "macs": flops // 2,
         "flops_counter": "torch.utils.flop_counter (2 FLOPs per MAC)",
@@ -169,10 +169,10 @@ def bench_checkpoint(
         },
         "throughput_b64_runs": thr["runs"],
         "train": {
-            "images_per_s": ckpt.run.get("train_images_per_s"),
-            "device": ckpt.run.get("device"),
-            "precision": ckpt.run.get("precision"),
-            "hardware": ckpt.run.get("hardware"),
+            "images_per_s": ckpt.run.train_images_per_s,
+            "device": ckpt.run.device,
+            "precision": ckpt.run.precision,
+            "hardware": dict(ckpt.run.hardware),
         },
         "reported": info.reported_cost.__dict__ if info.reported_cost else None,
     }

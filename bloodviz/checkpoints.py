@@ -29,8 +29,8 @@ import pandas as pd
 
 from bloodviz.paths import checkpoints_root, runs_root
 from bloodviz.preprocess import Preprocessing
+from bloodviz.runcard import FORMAT, RunCard
 
-FORMAT = "bloodviz-checkpoint-1"
 WEIGHTS = "model.safetensors"
 REQUIRED = ("preprocessing.json", "run.json")
 MAX_SHIPPED_MB = 50  # the repository's per-file limit for committed weights
@@ -227,12 +227,12 @@ class Checkpoint:
     size: int
     model: str
     preprocessing: Preprocessing
-    run: dict
+    run: RunCard
 
     @property
     def name(self) -> str:
         """The model name, with ``@imagenet`` for an ImageNet-pretrained run."""
-        return checkpoint_name(self.model, bool(self.run.get("pretrained")))
+        return checkpoint_name(self.model, self.run.pretrained)
 
     @property
     def dataset_key(self) -> str:
@@ -273,7 +273,7 @@ class Checkpoint:
             self.model,
             num_classes=self.preprocessing.num_classes,
             in_size=self.size,
-            pretrained=LAYOUT_ONLY if self.run.get("pretrained") else False,
+            pretrained=LAYOUT_ONLY if self.run.pretrained else False,
         )
 
     @property
@@ -294,7 +294,7 @@ class Checkpoint:
         """Why this checkpoint ships no weights ('' when it does)."""
         if (self.path / WEIGHTS).exists():
             return ""
-        return self.run.get("weights_not_shipped") or "its folder holds no weights file"
+        return self.run.weights_not_shipped or "its folder holds no weights file"
 
     def load_model(self):
         """The trained network in eval mode, on CPU, weights checked against the registry."""
@@ -329,20 +329,70 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
     try:
-        run = json.loads((path / "run.json").read_text())
+        card = json.loads((path / "run.json").read_text())
         prep = Preprocessing.load(path / "preprocessing.json")
+        if not isinstance(card, dict) or card.get("format") != FORMAT:
+            raise CheckpointError(f"{path}/run.json is not a bloodviz run card")
+        run = RunCard.from_dict(card)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: damaged run.json or preprocessing.json ({exc})") from exc
-    if run.get("format") != FORMAT:
-        raise CheckpointError(f"{path}/run.json is not a bloodviz run card")
     return Checkpoint(
         path=path,
-        dataset=run["dataset"],
-        size=int(run["size"]),
-        model=run["model"],
+        dataset=run.dataset,
+        size=int(run.size),
+        model=run.model,
         preprocessing=prep,
         run=run,
     )
+
+
+def write_checkpoint(
+    out_dir: Path,
+    *,
+    run: RunCard,
+    preprocessing: Preprocessing,
+    predictions: dict[str, Predictions],
+    metrics: dict,
+    history: pd.DataFrame | None = None,
+    weights: dict | None = None,
+    fp16: bool = False,
+    local_weights: Path | None = None,
+) -> Path:
+    """Write a whole checkpoint atomically; every trainer goes through here.
+
+    ``weights`` (a state dict) are saved unless :func:`why_not_shipped` says otherwise: then
+    they move to ``local_weights`` (under ``runs/``) and the run card records why, making a
+    predictions-only checkpoint. Without ``weights`` the run card must already say why.
+    """
+
+    def fill(folder: Path) -> None:
+        card = run
+        if weights is not None:
+            save_weights(weights, folder / WEIGHTS, run.model, fp16=fp16)
+            size_mb = (folder / WEIGHTS).stat().st_size / 2**20
+            dtype = "fp16" if fp16 else "fp32"
+            reason = why_not_shipped(size_mb, dtype, run.is_cpu_budget)
+            if reason:
+                if local_weights is None:
+                    raise ValueError(f"the weights cannot ship ({reason}) and have nowhere to go")
+                card = run.replace(
+                    weights_not_shipped=keep_weights_local(folder, local_weights, reason)
+                )
+            elif local_weights is not None:
+                local_weights.unlink(missing_ok=True)
+        elif not run.weights_not_shipped:
+            raise ValueError("a checkpoint without weights must say why in its run card")
+        preprocessing.save(folder / "preprocessing.json")
+        for split, preds in predictions.items():
+            save_predictions(folder / f"predictions-{split}.csv", preds)
+        if history is not None:
+            history.to_csv(folder / "history.csv", index=False)
+        write_json(folder / "metrics.json", metrics)
+        write_json(folder / "run.json", card.to_dict())
+
+    return write_atomic(out_dir, fill)
 
 
 def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -> list[Checkpoint]:

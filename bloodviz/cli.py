@@ -26,12 +26,14 @@ TRAINING_SETTINGS = (
     "batch_size",
     "lr",
     "weight_decay",
+    "grad_clip",
     "patience",
     "augment",
     "seed",
     "limit_per_class",
     "train_limit_per_class",
     "pretrained",
+    "time_budget",
     "precision",
     "device",
 )
@@ -44,6 +46,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default 128")
     p.add_argument("--lr", type=float, default=None, help="default: the model's, else 2e-3")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0.05 (AdamW)")
+    p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm (none)")
     p.add_argument("--patience", type=int, default=None, help="early stopping, in epochs (8)")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
@@ -61,7 +64,19 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start from ImageNet weights (online, or $BLOODVIZ_PRETRAINED_DIR); never silently",
     )
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
+    p.add_argument(
+        "--time-budget",
+        default=None,
+        help="e.g. 45m or 2h: plan the epochs (at most --epochs) from the first steps' speed "
+        "so that the learning-rate schedule ends when the budget is spent",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=None,
+        help="auto: on a GPU bf16/fp16; on a CPU whichever of fp32 and bf16 a short probe of "
+        "the model's training steps finds faster",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--fresh", action="store_true", help="discard a partial run instead of resuming")
 
@@ -105,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stored", action="store_true", help="show stored results, measure nothing")
     p.add_argument("--json", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
+
+    p = sub.add_parser(
+        "bench-train", help="train images/s of models under each precision, in one run"
+    )
+    p.add_argument("--models", nargs="+", required=True, help="model names, or all")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per figure (after 1 warm-up)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("predict", help="classify image files with shipped checkpoints")
     p.add_argument("paths", nargs="+", type=Path)
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return download_command(args.name, args.data_root, args.size, args.url)
         if args.command == "bench":
             return _bench(args, command_line)
+        if args.command == "bench-train":
+            return _bench_train(args, command_line)
         if args.command == "predict":
             return _predict(args)
         if args.command == "gradcam":
@@ -206,12 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args, command_line: str) -> int:
-    from bloodviz.train import TrainConfig, train
+    from bloodviz.fit import fit
+    from bloodviz.runcard import TrainConfig
 
     config = TrainConfig.for_model(
         args.model, args.dataset, size=args.size, **_training_settings(args)
     )
-    train(
+    fit(
         config,
         data_root=args.data_root,
         checkpoints=args.checkpoints,
@@ -219,6 +248,35 @@ def _train(args, command_line: str) -> int:
         progress=not args.quiet,
         command=command_line,
     )
+    return 0
+
+
+def _bench_train(args, command_line: str) -> int:
+    import torch
+
+    from bloodviz.inference import hardware_info
+    from bloodviz.models import list_models
+    from bloodviz.speed import bench_train, format_bench_train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = list_models() if args.models == ["all"] else args.models
+    rows = bench_train(
+        models,
+        size=args.size,
+        num_classes=args.classes,
+        batch_size=args.batch_size,
+        steps=args.steps,
+    )
+    hardware = hardware_info()
+    if args.json:
+        print(json.dumps({"command": command_line, "hardware": hardware, "rows": rows}))
+        return 0
+    header = (
+        f"{command_line}\n{hardware['cpu']}, {hardware['torch_threads']} thread(s), "
+        f"batch {args.batch_size}, {args.size} px, torch {torch.__version__}"
+    )
+    print(format_bench_train(rows, header))
     return 0
 
 

@@ -16,6 +16,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from bloodviz.benchmark import load_bench
 from bloodviz.checkpoints import Checkpoint, Predictions
 from bloodviz.models import list_models, model_info
+from bloodviz.runcard import pretrained_label
 
 # name in the leaderboard -> (label, higher is better, fits a log axis)
 COST_COLUMNS = {
@@ -48,8 +49,8 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         rows.append(
             {
                 "model": ckpt.name,
-                "name": run.get("display_name", ckpt.model),
-                "family": run.get("family") or (info.family if info else "other"),
+                "name": run.display_name or ckpt.model,
+                "family": run.family or (info.family if info else "other"),
                 "study": (info.study or "-")[:3] if info else "-",
                 "accuracy": metrics["accuracy"],
                 "accuracy_lo": metrics["accuracy_ci95"][0],
@@ -61,16 +62,16 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
                 "ece": metrics["ece"],
                 "latency_ms": _get(bench, "latency_b1_ms", "median_ms"),
                 "throughput_ips": _get(bench, "throughput_b64_ips", "median"),
-                "parameters": run.get("parameters"),
+                "parameters": run.parameters,
                 "mflops": bench["flops"] / 1e6 if bench.get("flops") else None,
                 "file_mb": weights.stat().st_size / 2**20 if weights.exists() else None,
                 "memory_mb": _get(bench, "memory_mb", "infer_over_baseline"),
                 "n": metrics["n"],
-                "pretrained": "ImageNet" if run.get("pretrained") else "from scratch",
-                "epochs": run.get("epochs_run"),
-                "train_images": run.get("n_samples", {}).get("train"),
+                "pretrained": run.pretrained_label,
+                "epochs": run.epochs_run,
+                "train_images": run.train_images,
                 "weights": "predictions only" if ckpt.predictions_only_reason else "shipped",
-                "trained_on": run.get("hardware", {}).get("gpu") or run.get("device"),
+                "trained_on": run.trained_on,
                 "benchmarked": bool(bench),
                 "path": str(ckpt.path),
             }
@@ -296,9 +297,9 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                 lo, hi = m.get(f"{key}_ci95", (None, None))
                 ours_ci = f"{100 * lo:.1f}–{100 * hi:.1f}" if lo is not None else ""
                 where = f"{ckpt.dataset_key} / {target_split} (n={m['n']})"
-                pretrained = "ImageNet" if ckpt.run.get("pretrained") else "from scratch"
-                training = training_text(ckpt.run)
-                budget = is_cpu_budget_run(ckpt.run)
+                pretrained = ckpt.run.pretrained_label
+                training = ckpt.run.training_summary
+                budget = ckpt.run.is_cpu_budget
                 break
             rows.append(
                 {
@@ -308,7 +309,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                     "metric": reported.metric,
                     "reported": reported.value,
                     "reported on": f"{reported.dataset} / {reported.split}",
-                    "reported pretrained": "ImageNet" if reported.pretrained else "from scratch",
+                    "reported pretrained": pretrained_label(reported.pretrained),
                     "bloodviz": ours_value,
                     "bloodviz 95% CI": ours_ci,
                     "bloodviz on": where,
@@ -322,26 +323,10 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def is_cpu_budget_run(run: dict) -> bool:
-    """Whether a run card's run trained on a subset (``--train-subset``)."""
-    return bool(run.get("config", {}).get("train_limit_per_class"))
-
-
-def training_text(run: dict) -> str:
-    """How much training a run had, e.g. '2 ep on 800 train images (CPU-budget subset)'."""
-    n_train = run.get("n_samples", {}).get("train")
-    images = f"{n_train:,}" if n_train else "?"
-    epochs = run.get("epochs_run")
-    text = f"{epochs} ep on {images} train images" if epochs else f"fit on {images} images"
-    if is_cpu_budget_run(run):
-        text += " (CPU-budget subset)"
-    return text
-
-
 def _like_for_like(reported, ours_value, ours_pretrained, cpu_budget: bool = False) -> str:
     if ours_value is None:
         return ""
-    theirs = "ImageNet" if reported.pretrained else "from scratch"
+    theirs = pretrained_label(reported.pretrained)
     gaps = []
     if theirs != ours_pretrained:
         gaps.append(f"study {theirs}, ours {ours_pretrained}")

@@ -28,7 +28,7 @@ def evaluate_checkpoint(
 ) -> dict:
     ckpt = find_checkpoint(dataset, model, size, checkpoints)
     preds = ckpt.predictions(split)
-    seed = ckpt.run.get("config", {}).get("seed", 0)
+    seed = ckpt.run.seed
     summary = classification_summary(
         preds.labels, preds.probs, ckpt.preprocessing.class_names, n_boot=n_boot, seed=seed
     )
@@ -40,10 +40,10 @@ def evaluate_checkpoint(
         **summary,
         "checkpoint": str(ckpt.path),
         "trained": {
-            "device": ckpt.run.get("device"),
-            "finished_at": ckpt.run.get("finished_at"),
-            "epochs_run": ckpt.run.get("epochs_run"),
-            "command": ckpt.run.get("command"),
+            "device": ckpt.run.device,
+            "finished_at": ckpt.run.finished_at,
+            "epochs_run": ckpt.run.epochs_run,
+            "command": ckpt.run.command,
         },
     }
     if verify:
@@ -58,7 +58,7 @@ def verify_predictions(ckpt, split: str, data_root: str | None = None) -> dict:
     if dataset.preprocessing().to_dict() != ckpt.preprocessing.to_dict():
         problems.append("the dataset's preprocessing differs from the checkpoint's")
     cached = ckpt.predictions(split)
-    config = ckpt.run.get("config", {})
+    config = ckpt.run.config
     data = dataset.load_split(
         split, limit=config.get("limit_per_class"), seed=config.get("seed", 0), progress=False
     )

@@ -163,3 +163,12 @@ def classification_summary(
         "confusion_matrix": cm.tolist(),
         "class_names": list(class_names),
     }
+
+
+def summarise(predictions: dict, seed: int = 0) -> dict:
+    """A checkpoint's ``metrics.json``: one :func:`classification_summary` per split of
+    ``predictions`` (split -> :class:`bloodviz.checkpoints.Predictions`)."""
+    return {
+        split: classification_summary(p.labels, p.probs, p.class_names, seed=seed)
+        for split, p in predictions.items()
+    }

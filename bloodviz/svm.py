@@ -30,15 +30,14 @@ from bloodviz.checkpoints import (
     checkpoint_dir,
     checkpoint_name,
     find_checkpoint,
-    save_predictions,
-    write_atomic,
-    write_json,
+    write_checkpoint,
 )
 from bloodviz.data import get_dataset
 from bloodviz.inference import hardware_info, versions
+from bloodviz.metrics import summarise
 from bloodviz.models import create_model, model_info
 from bloodviz.preprocess import Preprocessing
-from bloodviz.train import run_card_identity, summarise
+from bloodviz.runcard import RunCard, TrainConfig, run_identity
 
 BACKBONE = "resnet50"
 
@@ -98,16 +97,20 @@ def feature_network(dataset: str, size: int, num_classes: int, pretrained: bool,
 
 
 def fit_feature_svm(
-    config,
+    config: TrainConfig,
     data_root: str | None = None,
     checkpoints: Path | None = None,
+    runs: Path | None = None,
+    fresh: bool = False,
     progress: bool = True,
     command: str | None = None,
     log=print,
 ) -> Path:
     """Fit the SVM on one dataset's training features and write a predictions-only checkpoint.
 
-    ``config`` is a :class:`bloodviz.train.TrainConfig`; epochs, batch size and learning rate
+    The SVM fits in one go, so ``runs`` and ``fresh`` (a network's resume state) do not
+    apply; they are accepted so that :func:`bloodviz.fit.fit` calls every trainer alike.
+    Of ``config``, epochs, batch size and learning rate
     do not apply, ``train_limit_per_class`` bounds the SVM's training set (its cost grows
     with the square of it), and ``seed`` fixes the subset and the probability calibration.
     """
@@ -156,7 +159,7 @@ def fit_feature_svm(
         + (" --pretrained" if config.pretrained else "")
     )
     run_card = {
-        **run_card_identity(config, dataset),
+        **run_identity(config, dataset),
         "features": source,
         "classifier": f"StandardScaler + SVC(rbf, C=1, one-vs-one, sigmoid-calibrated), "
         f"{n_support} support vectors",
@@ -181,14 +184,13 @@ def fit_feature_svm(
         "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
-    def fill(folder: Path) -> None:
-        prep.save(folder / "preprocessing.json")
-        for split, preds in predictions.items():
-            save_predictions(folder / f"predictions-{split}.csv", preds)
-        write_json(folder / "metrics.json", metrics)
-        write_json(folder / "run.json", run_card)
-
-    write_atomic(out_dir, fill)
+    write_checkpoint(
+        out_dir,
+        run=RunCard.from_dict(run_card),
+        preprocessing=prep,
+        predictions=predictions,
+        metrics=metrics,
+    )
     for split, m in metrics.items():
         log(f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}")
     log(f"checkpoint (predictions only) written to {out_dir}")

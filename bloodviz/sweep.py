@@ -8,8 +8,9 @@ from tqdm.auto import tqdm
 
 from bloodviz.checkpoints import CheckpointError, checkpoint_name, find_checkpoint
 from bloodviz.data import DEFAULT_SIZES
+from bloodviz.fit import fit
 from bloodviz.models import list_models
-from bloodviz.train import TrainConfig, train
+from bloodviz.runcard import TrainConfig
 
 
 def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
@@ -19,7 +20,7 @@ def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
         ckpt = find_checkpoint(config.dataset, name, config.size, checkpoints)
     except CheckpointError:
         return False
-    return config.matches(ckpt.run.get("config", {}))
+    return config.matches(ckpt.run.config)
 
 
 def sweep(
@@ -45,10 +46,11 @@ def sweep(
         bar.set_postfix(model=name)
 
         def log(message: str, name=name) -> None:
-            bar.set_postfix_str(f"{name}: {message[:60]}")
+            # one line per message, so a background sweep's log file tells its progress
+            tqdm.write(f"{name}: {message}")
 
         try:
-            train(
+            fit(
                 config,
                 data_root=data_root,
                 checkpoints=checkpoints,

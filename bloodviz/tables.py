@@ -19,7 +19,7 @@ def checkpoint_table(root: Path | None = None) -> pd.DataFrame:
             rows.append(
                 {
                     "dataset": ckpt.dataset_key,
-                    "model": run.get("display_name", ckpt.model),
+                    "model": run.display_name or ckpt.model,
                     "split": split,
                     "accuracy": m["accuracy"],
                     "acc 95% CI": f"{m['accuracy_ci95'][0]:.3f}–{m['accuracy_ci95'][1]:.3f}",
@@ -28,14 +28,14 @@ def checkpoint_table(root: Path | None = None) -> pd.DataFrame:
                     "AUC": m["auc_ovr"],
                     "ECE": m["ece"],
                     "n": m["n"],
-                    "parameters": run.get("parameters"),
-                    "pretrained": "ImageNet" if run.get("pretrained") else "from scratch",
-                    "epochs": run.get("epochs_run"),
-                    "train images": run.get("n_samples", {}).get("train"),
+                    "parameters": run.parameters,
+                    "pretrained": run.pretrained_label,
+                    "epochs": run.epochs_run,
+                    "train images": run.train_images,
                     "weights": f"predictions only: {reason}" if reason else "shipped",
-                    "trained on": run.get("hardware", {}).get("gpu") or run.get("device"),
-                    "trained at": run.get("finished_at"),
-                    "command": run.get("command"),
+                    "trained on": run.trained_on,
+                    "trained at": run.finished_at,
+                    "command": run.command,
                 }
             )
     return pd.DataFrame(rows)

@@ -1,10 +1,19 @@
-"""Training: seeded, resumable, best-on-validation, written as an atomic checkpoint.
+"""The network trainer: seeded, resumable, best-on-validation, written as an atomic checkpoint.
+
+:func:`train` reads as its steps: :func:`start_run` (data, model, optimizer, and the state of
+an interrupted run), then per epoch :func:`train_one_epoch` and :func:`validate`, then
+:func:`finish_run` (the best epoch's weights, evaluated and written). timm's
+``train_one_epoch`` / ``validate`` split is the model for it.
 
 Resumable: after every epoch the whole training state goes to ``runs/<dataset>-<size>/<model>/
 state.pt`` (atomic replace). Rerunning the same command after Ctrl-C or a kill continues from
 the last finished epoch, so at most one epoch is lost. Each epoch's shuffling, augmentation and
 dropout are seeded from (seed, epoch), so a resumed run follows the same path as an
 uninterrupted one.
+
+A time budget (``--time-budget 45m``) plans the number of epochs from the measured speed of
+the first steps, so that the cosine schedule reaches its end when the budget is spent. Those
+first steps are inside the warm-up, whose learning rates do not depend on the run's length.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,87 +34,23 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bloodviz.checkpoints import (
-    FORMAT,
     WEIGHTS,
     Predictions,
     checkpoint_dir,
     checkpoint_name,
-    keep_weights_local,
-    save_predictions,
-    save_weights,
-    why_not_shipped,
-    write_atomic,
-    write_json,
+    write_checkpoint,
 )
-from bloodviz.data import BloodDataset, get_dataset
-from bloodviz.inference import (
-    hardware_info,
-    pick_device,
-    pick_precision,
-    predict_probs,
-    versions,
-)
-from bloodviz.metrics import classification_summary
-from bloodviz.models import create_model, model_info
+from bloodviz.data import BloodDataset, SplitArrays, get_dataset
+from bloodviz.inference import hardware_info, pick_device, predict_probs, versions
+from bloodviz.metrics import summarise
+from bloodviz.models import create_model
 from bloodviz.models.registry import LAYOUT_ONLY
 from bloodviz.paths import runs_root
+from bloodviz.preprocess import Preprocessing
+from bloodviz.runcard import RunCard, TrainConfig, parse_duration, run_identity
 
-
-@dataclass
-class TrainConfig:
-    model: str
-    dataset: str
-    size: int | None = None
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.05
-    patience: int = 8
-    augment: bool = True
-    seed: int = 0
-    limit_per_class: int | None = None
-    # A CPU-budget run: fewer training images, but val and test stay whole, so its
-    # numbers stay comparable with every other model's (unlike limit_per_class).
-    train_limit_per_class: int | None = None
-    pretrained: bool = False
-    precision: str = "auto"
-    device: str = "auto"
-
-    @classmethod
-    def for_model(cls, model: str, dataset: str, **settings) -> TrainConfig:
-        """Defaults, then the model's recipe, then every setting given (``None`` = not given)."""
-        chosen = {**model_info(model).recipe}
-        chosen.update({k: v for k, v in settings.items() if v is not None})
-        return cls(model=model, dataset=dataset, **chosen)
-
-    @property
-    def train_limit(self) -> int | None:
-        """Images a class the training split is cut to (a CPU-budget run's subset first)."""
-        return self.train_limit_per_class or self.limit_per_class
-
-    @property
-    def cpu_budget(self) -> bool:
-        return self.train_limit_per_class is not None
-
-    def resume_key(self) -> dict:
-        """Settings that must match for a saved state to be continued."""
-        key = asdict(self)
-        key.pop("device")
-        key.pop("precision")
-        return key
-
-    def matches(self, saved: dict) -> bool:
-        """Whether settings saved by an earlier run (a resume key, or a run card's config)
-        are these, device and precision aside. A setting added to TrainConfig after that run
-        counts as its default, so older partial runs and checkpoints stay current."""
-        current = self.resume_key()
-        defaults = {f.name: f.default for f in fields(self)}
-        filled = {**{k: defaults[k] for k in current if k not in saved}, **saved}
-        filled.pop("device", None)
-        filled.pop("precision", None)
-        return filled == current
+# steps timed before a time-budgeted run plans its length (all inside the warm-up)
+BUDGET_PROBE_STEPS = 8
 
 
 class ResumeMismatch(RuntimeError):
@@ -135,14 +80,104 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp_(0, 255)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+class WarmupCosine:
+    """Linear warm-up then cosine decay to 0 at ``total_steps``, which a time-budgeted run
+    sets once it has measured its speed (the warm-up does not depend on it)."""
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return factor
+
+@dataclass
+class RunState:
+    """Everything an interrupted run needs besides the model and optimizer."""
+
+    epochs: int  # planned: the configured epochs, or what the time budget allows
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(
+        default_factory=lambda: {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0}
+    )
+    best_weights: dict | None = None
+    epoch: int = 0
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    train_images: int = 0
+    budget_planned: bool = False
+    precision_probe: dict = field(default_factory=dict)
+
+    def record(self, row: dict, model: torch.nn.Module) -> bool:
+        """Add one epoch's row; keep the weights if it is the best so far."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        improved = row["val_accuracy"] > self.best["val_accuracy"] or (
+            row["val_accuracy"] == self.best["val_accuracy"]
+            and row["val_loss"] < self.best["val_loss"]
+        )
+        if improved:
+            self.best = {
+                "val_accuracy": row["val_accuracy"],
+                "val_loss": row["val_loss"],
+                "epoch": row["epoch"],
+            }
+            self.best_weights = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+@dataclass
+class TrainingRun:
+    """A run's fixed parts: what it trains, on which data, with what."""
+
+    config: TrainConfig
+    dataset: BloodDataset
+    prep: Preprocessing
+    train_data: SplitArrays
+    val_data: SplitArrays
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: WarmupCosine
+    device: torch.device
+    precision: str
+    state_path: Path
+    local_weights: Path
+    out_dir: Path
+    steps_per_epoch: int
+    state: RunState
+    started: float = field(default_factory=time.time)
+    started_at: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def save_state(self) -> None:
+        state = self.state
+        _save_state(
+            self.state_path,
+            {
+                "config": self.config.resume_key(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "history": state.history,
+                "best": {**state.best, "state": state.best_weights},
+                "epoch": state.epoch,
+                "bad_epochs": state.bad_epochs,
+                "train_seconds": state.train_seconds,
+                "train_images": state.train_images,
+                "epochs": state.epochs,
+                "budget_planned": state.budget_planned,
+                "precision_probe": state.precision_probe,
+            },
+        )
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -156,6 +191,212 @@ def _load_state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def pick_precision(
+    config: TrainConfig, model: torch.nn.Module, device: torch.device, size: int, classes: int
+) -> tuple[str, dict]:
+    """The precision to train in, and what a CPU probe measured to choose it."""
+    if config.precision != "auto":
+        return config.precision, {}
+    if device.type == "cuda":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), {}
+    from bloodviz.speed import probe_cpu_precision
+
+    return probe_cpu_precision(model, size=size, num_classes=classes, batch_size=config.batch_size)
+
+
+def start_run(
+    config: TrainConfig,
+    data_root: str | None,
+    checkpoints: Path | None,
+    runs: Path | None,
+    fresh: bool,
+    progress: bool,
+    log,
+) -> TrainingRun:
+    """Load the data, build the model and optimizer, and restore an interrupted run."""
+    from bloodviz.models import model_info
+
+    size = config.size or model_info(config.model).default_size
+    dataset = get_dataset(config.dataset, size, data_root)
+    config.size = dataset.size
+    device = pick_device(config.device)
+    name = checkpoint_name(config.model, config.pretrained)
+    run_dir = Path(runs or runs_root()) / dataset.key / name
+    state_path = run_dir / "state.pt"
+    if fresh and state_path.exists():
+        state_path.unlink()
+    saved = _load_state(state_path) if state_path.exists() else None
+    if saved is not None and not config.matches(saved["config"]):
+        raise ResumeMismatch(
+            f"a partial run with other settings is at {state_path}; rerun with the same "
+            f"settings to continue it, or pass --fresh to discard it"
+        )
+
+    train_data = dataset.load_split(
+        "train", limit=config.train_limit, seed=config.seed, progress=progress
+    )
+    val_data = dataset.load_split(
+        "val", limit=config.limit_per_class, seed=config.seed, progress=progress
+    )
+    torch.manual_seed(config.seed)
+    classes = len(dataset.class_names)
+    model = create_model(
+        config.model, num_classes=classes, in_size=dataset.size, pretrained=config.pretrained
+    )
+    probed = saved.get("precision_probe") if saved is not None else None
+    if config.precision == "auto" and probed:  # a resumed run keeps what its probe chose
+        precision, probe = _probed_choice(probed), probed
+    else:
+        precision, probe = pick_precision(config, model, device, dataset.size, classes)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    schedule = WarmupCosine(
+        config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    state = RunState(epochs=config.epochs, precision_probe=probe)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        best = dict(saved["best"])
+        state = RunState(
+            epochs=saved.get("epochs", config.epochs),
+            history=saved["history"],
+            best_weights=best.pop("state", None),
+            best=best,
+            epoch=saved["epoch"],
+            bad_epochs=saved["bad_epochs"],
+            train_seconds=saved["train_seconds"],
+            train_images=saved["train_images"],
+            budget_planned=saved.get("budget_planned", False),
+            precision_probe=probe,
+        )
+        schedule.total_steps = state.epochs * steps_per_epoch
+        log(f"resuming from {state_path}: {state.epoch} of {state.epochs} epoch(s) done")
+    log(
+        f"{config.model} on {dataset.key}: {len(train_data)} train / {len(val_data)} val images, "
+        f"device {device}, precision {precision}"
+        + (f" (probe, train img/s: {probe})" if probe else "")
+    )
+    return TrainingRun(
+        config=config,
+        dataset=dataset,
+        prep=dataset.preprocessing(),
+        train_data=train_data,
+        val_data=val_data,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule=schedule,
+        device=device,
+        precision=precision,
+        state_path=state_path,
+        local_weights=run_dir / WEIGHTS,
+        out_dir=checkpoint_dir(dataset.key, name, checkpoints),
+        steps_per_epoch=steps_per_epoch,
+        state=state,
+    )
+
+
+def _probed_choice(probe: dict) -> str:
+    return "bf16" if probe and max(probe, key=probe.get) == "bf16+cl" else "fp32"
+
+
+def plan_epochs(
+    budget_s: float, spent_s: float, step_s: float, steps_per_epoch: int, val_s: float, cap: int
+) -> int:
+    """Whole epochs that fit in what is left of the budget (at least 1, at most ``cap``)."""
+    epoch_s = step_s * steps_per_epoch + val_s
+    return max(1, min(cap, int((budget_s - spent_s) // epoch_s)))
+
+
+def train_one_epoch(run: TrainingRun, epoch: int, progress: bool, log) -> dict:
+    """One pass over the shuffled training split; returns loss, accuracy, images and seconds."""
+    config, model, device = run.config, run.model, run.device
+    torch.manual_seed(config.seed * 10007 + epoch)
+    generator = torch.Generator().manual_seed(config.seed * 10007 + epoch)
+    order = torch.randperm(len(run.train_data), generator=generator)
+    images = torch.from_numpy(run.train_data.images)
+    labels = torch.from_numpy(run.train_data.labels)
+    mean = torch.tensor(run.prep.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(run.prep.std, device=device).view(1, 3, 1, 1) * 255
+    autocast = run.precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if run.precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(enabled=run.precision == "fp16" and device.type == "cuda")
+    plan_budget = bool(config.time_budget) and not run.state.budget_planned
+    probe_steps = min(BUDGET_PROBE_STEPS, max(1, run.schedule.warmup_steps))
+
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    tick = time.time()
+    bar = tqdm(
+        range(run.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not progress
+    )
+    for step in bar:
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+        batch = images[idx]
+        x = _augment(batch, generator) if config.augment else batch.float()
+        x = x.permute(0, 3, 1, 2).to(device)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        y = labels[idx].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            # study-specific terms: Keras-style L2 penalties, an autoencoder's MSE
+            extra = model.auxiliary_loss(y) if hasattr(model, "auxiliary_loss") else None
+            if extra is not None:
+                loss = loss + extra
+        run.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(run.optimizer)
+        scaler.update()
+        run.scheduler.step()
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        if plan_budget and step + 1 == probe_steps:
+            _plan_budget(run, (time.time() - tick) / probe_steps, log)
+            plan_budget = False
+            model.train()
+    seconds = time.time() - tick
+    return {"loss": loss_sum / seen, "accuracy": correct / seen, "images": seen, "seconds": seconds}
+
+
+def _plan_budget(run: TrainingRun, step_s: float, log) -> None:
+    """Set the run's length from its first steps' speed and a timed validation batch."""
+    budget = parse_duration(run.config.time_budget)
+    sample = run.val_data.images[:256]
+    tick = time.time()
+    predict_probs(run.model, run.prep, sample, device=run.device)
+    val_s = (time.time() - tick) * len(run.val_data) / max(1, len(sample))
+    spent = time.time() - run.started
+    epochs = plan_epochs(budget, spent, step_s, run.steps_per_epoch, val_s, run.config.epochs)
+    run.state.epochs = epochs
+    run.state.budget_planned = True
+    run.schedule.total_steps = epochs * run.steps_per_epoch
+    log(
+        f"time budget {run.config.time_budget}: {step_s:.2f} s/step, validation {val_s:.0f} s "
+        f"-> {epochs} epoch(s) (cap {run.config.epochs})"
+    )
+
+
+def validate(run: TrainingRun) -> tuple[float, float, np.ndarray]:
+    """Validation accuracy, loss and probabilities of the current weights."""
+    probs = predict_probs(run.model, run.prep, run.val_data.images, device=run.device)
+    labels = run.val_data.labels
+    accuracy = float(np.mean(probs.argmax(1) == labels))
+    loss = float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12)))
+    return accuracy, loss, probs
+
+
 def train(
     config: TrainConfig,
     data_root: str | None = None,
@@ -166,198 +407,65 @@ def train(
     command: str | None = None,
     log=print,
 ) -> Path:
-    """Train ``config.model`` on ``config.dataset`` and write its checkpoint; return its folder."""
-    info = model_info(config.model)
-    if info.trainer == "svm":
-        from bloodviz.svm import fit_feature_svm
-
-        return fit_feature_svm(config, data_root, checkpoints, progress, command, log)
-    dataset = get_dataset(config.dataset, config.size or info.default_size, data_root)
-    config.size = dataset.size
-    device = pick_device(config.device)
-    precision = pick_precision(config.precision, device)
-    name = checkpoint_name(config.model, config.pretrained)
-    out_dir = checkpoint_dir(dataset.key, name, checkpoints)
-    state_path = Path(runs or runs_root()) / dataset.key / name / "state.pt"
-    if fresh and state_path.exists():
-        state_path.unlink()
-
-    started = time.time()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    limit = config.limit_per_class
-    train_data = dataset.load_split(
-        "train", limit=config.train_limit, seed=config.seed, progress=progress
-    )
-    val_data = dataset.load_split("val", limit=limit, seed=config.seed, progress=progress)
-    prep = dataset.preprocessing()
-    log(
-        f"{config.model} on {dataset.key}: {len(train_data)} train / {len(val_data)} val images, "
-        f"device {device}, precision {precision}"
-    )
-
-    torch.manual_seed(config.seed)
-    model = create_model(
-        config.model,
-        num_classes=len(dataset.class_names),
-        in_size=dataset.size,
-        pretrained=config.pretrained,
-    )
-    model = model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        _lr_lambda(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)),
-    )
-    history: list[dict] = []
-    best = {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0, "state": None}
-    start_epoch = 0
-    bad_epochs = 0
-    train_seconds = 0.0
-    train_images = 0
-
-    if state_path.exists():
-        saved = _load_state(state_path)
-        if not config.matches(saved["config"]):
-            raise ResumeMismatch(
-                f"a partial run with other settings is at {state_path}; rerun with the same "
-                f"settings to continue it, or pass --fresh to discard it"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        history = saved["history"]
-        best = saved["best"]
-        start_epoch = saved["epoch"]
-        bad_epochs = saved["bad_epochs"]
-        train_seconds = saved["train_seconds"]
-        train_images = saved["train_images"]
-        log(f"resuming from {state_path}: {start_epoch} epoch(s) done")
-
-    train_images_u8 = torch.from_numpy(train_data.images)
-    train_labels = torch.from_numpy(train_data.labels)
-    val_labels = val_data.labels
-    autocast = precision in ("bf16", "fp16")
-    amp_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16" and device.type == "cuda")
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
-
+    """Train ``config.model`` (a network) on ``config.dataset``; return its checkpoint folder."""
+    run = start_run(config, data_root, checkpoints, runs, fresh, progress, log)
+    state = run.state
     stopped_early = False
-    epoch_bar = tqdm(
-        range(start_epoch, config.epochs),
-        initial=start_epoch,
-        total=config.epochs,
-        desc=f"train {config.model}",
-        disable=not progress,
+    bar = tqdm(
+        total=state.epochs, initial=state.epoch, desc=f"train {config.model}", disable=not progress
     )
-    for epoch in epoch_bar:
-        if bad_epochs >= config.patience:
+    epoch = state.epoch
+    while epoch < state.epochs:
+        if state.bad_epochs >= config.patience:
             stopped_early = True
             break
-        torch.manual_seed(config.seed * 10007 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 10007 + epoch)
-        order = torch.randperm(len(train_data), generator=generator)
-        model.train()
-        epoch_loss, epoch_correct, seen = 0.0, 0, 0
-        tick = time.time()
-        step_bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not progress
-        )
-        for step in step_bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = train_images_u8[idx]
-            x = _augment(batch, generator) if config.augment else batch.float()
-            x = x.permute(0, 3, 1, 2).to(device)
-            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            y = train_labels[idx].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                # study-specific terms: Keras-style L2 penalties, an autoencoder's MSE
-                extra = model.auxiliary_loss(y) if hasattr(model, "auxiliary_loss") else None
-                if extra is not None:
-                    loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            epoch_loss += loss.item() * len(idx)
-            epoch_correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-            step_bar.set_postfix(loss=f"{epoch_loss / seen:.3f}")
-        train_seconds += time.time() - tick
-        train_images += seen
-
-        val_probs = predict_probs(model, prep, val_data.images, device=device)
-        val_acc = float(np.mean(val_probs.argmax(1) == val_labels))
-        val_loss = float(
-            -np.mean(np.log(val_probs[np.arange(len(val_labels)), val_labels] + 1e-12))
-        )
+        stats = train_one_epoch(run, epoch, progress, log)
+        bar.total = state.epochs  # a time budget may have just planned the run's length
+        state.train_seconds += stats["seconds"]
+        state.train_images += stats["images"]
+        val_acc, val_loss, _ = validate(run)
         row = {
             "epoch": epoch + 1,
-            "train_loss": epoch_loss / seen,
-            "train_accuracy": epoch_correct / seen,
+            "train_loss": stats["loss"],
+            "train_accuracy": stats["accuracy"],
             "val_loss": val_loss,
             "val_accuracy": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.time() - tick,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "seconds": stats["seconds"],
         }
-        history.append(row)
-        improved = val_acc > best["val_accuracy"] or (
-            val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
-        )
-        if improved:
-            best = {
-                "val_accuracy": val_acc,
-                "val_loss": val_loss,
-                "epoch": epoch + 1,
-                "state": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
-            }
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        epoch_bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{best['val_accuracy']:.4f}")
+        state.record(row, run.model)
+        bar.update(1)
+        bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{state.best['val_accuracy']:.4f}")
         log(
-            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
+            f"epoch {epoch + 1}/{state.epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} "
             f"| {row['seconds']:.0f}s"
         )
-        _save_state(
-            state_path,
-            {
-                "config": config.resume_key(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": history,
-                "best": best,
-                "epoch": epoch + 1,
-                "bad_epochs": bad_epochs,
-                "train_seconds": train_seconds,
-                "train_images": train_images,
-            },
-        )
-
-    if best["state"] is None:
+        run.save_state()
+        epoch += 1
+    bar.close()
+    if state.best_weights is None:
         raise RuntimeError("training ran no epoch; nothing to save")
-    model.load_state_dict(best["state"])
-    model = model.cpu().to(memory_format=torch.contiguous_format)
+    return finish_run(run, stopped_early, progress, command, log)
 
+
+def finish_run(run: TrainingRun, stopped_early: bool, progress: bool, command, log) -> Path:
+    """Evaluate the best epoch's weights on every split and write the checkpoint."""
+    config, state, prep, dataset = run.config, run.state, run.prep, run.dataset
+    model = run.model
+    model.load_state_dict(state.best_weights)
+    model = model.cpu().to(memory_format=torch.contiguous_format)
     eval_data = {
-        split: dataset.load_split(split, limit=limit, seed=config.seed, progress=progress)
+        split: dataset.load_split(
+            split, limit=config.limit_per_class, seed=config.seed, progress=progress
+        )
         for split in dataset.eval_splits
     }
-    eval_data["val"] = val_data
+    eval_data["val"] = run.val_data
     if not config.cpu_budget:
-        fp16, val_probs = _fp16_check(
-            config.model, model, prep, val_data.images, len(dataset.class_names), config.pretrained
-        )
+        fp16, val_probs = _fp16_check(config, model, prep, run.val_data.images, dataset)
     else:  # a CPU-budget run's weights are never shipped: keep fp32, skip the check's pass
-        fp16, val_probs = False, predict_probs(model, prep, val_data.images)
+        fp16, val_probs = False, predict_probs(model, prep, run.val_data.images)
     if fp16:
         # ship and cache exactly what the fp16 file will reproduce
         model.load_state_dict(_fp16_rounded(model.state_dict()))
@@ -371,79 +479,51 @@ def train(
         for split, data in eval_data.items()
     }
     metrics = summarise(predictions, config.seed)
-    finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    run_card = {
-        **run_card_identity(config, dataset),
-        "device": str(device),
-        "precision": precision,
-        "weights_dtype": "fp16" if fp16 else "fp32",
-        "hardware": hardware_info(device),
-        "versions": versions(),
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "wall_time_s": round(time.time() - started, 1),
-        "train_time_s": round(train_seconds, 1),
-        "train_images_per_s": round(train_images / train_seconds, 1) if train_seconds else None,
-        "epochs_run": len(history),
-        "stopped_early": stopped_early,
-        "best_epoch": best["epoch"],
-        "best_val_accuracy": best["val_accuracy"],
-        "n_samples": {"train": len(train_data), **{s: len(d) for s, d in eval_data.items()}},
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-
-    local_weights = Path(runs or runs_root()) / dataset.key / name / WEIGHTS
-
-    def fill(folder: Path) -> None:
-        save_weights(model.state_dict(), folder / WEIGHTS, config.model, fp16=fp16)
-        size_mb = (folder / WEIGHTS).stat().st_size / 2**20
-        reason = why_not_shipped(size_mb, "fp16" if fp16 else "fp32", config.cpu_budget)
-        if reason:
-            # A predictions-only checkpoint: the weights stay on this machine, outside the
-            # store, and the run card says so (the app then skips Grad-CAM and upload).
-            run_card["weights_not_shipped"] = keep_weights_local(folder, local_weights, reason)
-        else:
-            local_weights.unlink(missing_ok=True)
-        prep.save(folder / "preprocessing.json")
-        for split, preds in predictions.items():
-            save_predictions(folder / f"predictions-{split}.csv", preds)
-        pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
-        write_json(folder / "metrics.json", metrics)
-        write_json(folder / "run.json", run_card)
-
-    write_atomic(out_dir, fill)
-    state_path.unlink(missing_ok=True)
+    card = RunCard.from_dict(
+        {
+            **run_identity(config, dataset),
+            "device": str(run.device),
+            "precision": run.precision,
+            "weights_dtype": "fp16" if fp16 else "fp32",
+            "hardware": hardware_info(run.device),
+            "versions": versions(),
+            "started_at": run.started_at,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.time() - run.started, 1),
+            "train_time_s": round(state.train_seconds, 1),
+            "train_images_per_s": round(state.train_images / state.train_seconds, 1)
+            if state.train_seconds
+            else None,
+            "epochs_run": len(state.history),
+            "epochs_planned": state.epochs if config.time_budget else None,
+            "stopped_early": stopped_early,
+            "best_epoch": state.best["epoch"],
+            "best_val_accuracy": state.best["val_accuracy"],
+            "n_samples": {
+                "train": len(run.train_data),
+                **{s: len(d) for s, d in eval_data.items()},
+            },
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
+            "precision_probe": state.precision_probe,
+        }
+    )
+    out_dir = write_checkpoint(
+        run.out_dir,
+        run=card,
+        preprocessing=prep,
+        predictions=predictions,
+        metrics=metrics,
+        history=pd.DataFrame(state.history),
+        weights=model.state_dict(),
+        fp16=fp16,
+        local_weights=run.local_weights,
+    )
+    run.state_path.unlink(missing_ok=True)
     for split, m in metrics.items():
         log(f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}")
     log(f"checkpoint written to {out_dir}")
     return out_dir
-
-
-def summarise(predictions: dict[str, Predictions], seed: int = 0) -> dict:
-    """The metrics.json of a checkpoint: one classification summary per split."""
-    return {
-        split: classification_summary(p.labels, p.probs, p.class_names, seed=seed)
-        for split, p in predictions.items()
-    }
-
-
-def run_card_identity(config: TrainConfig, dataset: BloodDataset) -> dict:
-    """The first fields of every run card: what was trained, on what, with which settings."""
-    info = model_info(config.model)
-    return {
-        "format": FORMAT,
-        "dataset": dataset.name,
-        "size": dataset.size,
-        "model": config.model,
-        "display_name": info.display_name,
-        "family": info.family,
-        "pretrained": config.pretrained,
-        "pretrained_source": info.pretrained_source if config.pretrained else "",
-        "adaptation": info.adaptation,
-        "dataset_description": dataset.description,
-        "config": asdict(config),
-    }
 
 
 def _fp16_rounded(state: dict) -> dict:
@@ -451,24 +531,20 @@ def _fp16_rounded(state: dict) -> dict:
     return {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
-def _fp16_check(name, model, prep, images, num_classes, pretrained=False):
+def _fp16_check(config: TrainConfig, model, prep, images, dataset: BloodDataset):
     """Whether fp16 weights keep every validation prediction, and the validation
     probabilities of the weights that will ship (so they are not computed twice)."""
     reference = predict_probs(model, prep, images)
     if len(images) == 0:
         return True, reference
     half = create_model(
-        name,
-        num_classes=num_classes,
+        config.model,
+        num_classes=len(dataset.class_names),
         in_size=prep.size,
-        pretrained=LAYOUT_ONLY if pretrained else False,
+        pretrained=LAYOUT_ONLY if config.pretrained else False,
     )
     half.load_state_dict(_fp16_rounded(model.state_dict()))
     rounded = predict_probs(half, prep, images)
     if np.array_equal(reference.argmax(1), rounded.argmax(1)):
         return True, rounded
     return False, reference
-
-
-def describe(dataset: BloodDataset) -> str:
-    return f"{dataset.name} at {dataset.size} px: {dataset.description}"

@@ -33,12 +33,12 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
                     "macro_f1": round(100 * m["macro_f1"], 2),
                     "weighted_f1": round(100 * m["weighted_f1"], 2),
                     "n": m["n"],
-                    "pretrained": bool(ckpt.run.get("pretrained")),
-                    "epochs": ckpt.run.get("epochs_run"),
-                    "train_images": ckpt.run.get("n_samples", {}).get("train"),
-                    "trained_on": ckpt.run.get("device"),
+                    "pretrained": ckpt.run.pretrained,
+                    "epochs": ckpt.run.epochs_run,
+                    "train_images": ckpt.run.train_images,
+                    "trained_on": ckpt.run.device,
                     "weights_shipped": not ckpt.predictions_only_reason,
-                    "train_subset": ckpt.run.get("config", {}).get("train_limit_per_class"),
+                    "train_subset": ckpt.run.train_subset,
                 }
         cost = info.reported_cost
         rows.append(

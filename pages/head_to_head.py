@@ -10,7 +10,7 @@ ui.need_models(key, ckpts, at_least=2)
 
 by_name = {c.name: c for c in ui.ranked(ckpts)}
 names = list(by_name)
-label = lambda m: by_name[m].run.get("display_name", m)  # noqa: E731
+label = lambda m: by_name[m].run.display_name or m  # noqa: E731
 c1, c2, c3 = st.columns([2, 2, 1])
 name_a = c1.selectbox("Model A", names, index=0, format_func=label, key="h2h_a")
 name_b = c2.selectbox(

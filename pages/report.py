@@ -8,7 +8,6 @@ from bloodviz.compare import (
     most_confused,
     pr_curves,
     roc_curves,
-    training_text,
 )
 from bloodviz.metrics import confusion_matrix, reliability_bins
 from bloodviz.plots import (
@@ -28,7 +27,7 @@ c1, c2 = st.columns([3, 1])
 model = c1.selectbox(
     "Model",
     list(by_name),
-    format_func=lambda m: by_name[m].run.get("display_name", m),
+    format_func=lambda m: by_name[m].run.display_name or m,
     key="report_model",
 )
 ckpt = by_name[model]
@@ -40,12 +39,12 @@ classes = list(ckpt.preprocessing.class_names)
 run = ckpt.run
 
 st.caption(
-    f"**{run.get('display_name', model)}** on {key} / {split}: n = {metrics['n']}, "
+    f"**{run.display_name or model}** on {key} / {split}: n = {metrics['n']}, "
     f"accuracy {metrics['accuracy']:.4f} (95% CI {metrics['accuracy_ci95'][0]:.4f}–"
     f"{metrics['accuracy_ci95'][1]:.4f}), macro-F1 {metrics['macro_f1']:.4f}. "
-    f"{training_text(run).capitalize()} on {run.get('device')} "
-    f"({'ImageNet-pretrained' if run.get('pretrained') else 'from scratch'}), "
-    f"finished {run.get('finished_at')}: `{run.get('command')}`"
+    f"{run.training_summary.capitalize()} on {run.device} "
+    f"({run.pretrained_label}), "
+    f"finished {run.finished_at}: `{run.command}`"
 )
 if ckpt.predictions_only_reason:
     st.caption(f"Predictions only: {ckpt.predictions_only_reason}.")
@@ -149,8 +148,8 @@ with tab_history:
     else:
         ui.chart(training_curves(history), key="report_history")
         st.caption(
-            f"Best validation accuracy {run.get('best_val_accuracy', float('nan')):.4f} at epoch "
-            f"{run.get('best_epoch')}; the checkpoint keeps that epoch's weights."
-            + (" Stopped early." if run.get("stopped_early") else "")
+            f"Best validation accuracy {run.best_val_accuracy or float('nan'):.4f} at epoch "
+            f"{run.best_epoch}; the checkpoint keeps that epoch's weights."
+            + (" Stopped early." if run.stopped_early else "")
         )
         ui.table_download(history, f"bloodviz-history-{key}-{model}.csv")

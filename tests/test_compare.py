@@ -137,7 +137,7 @@ def test_leaderboard_and_studies_table_from_real_checkpoints(two_models):
     assert (board["accuracy_lo"] <= board["accuracy"]).all()
     assert (board["accuracy"] <= board["accuracy_hi"]).all()
     assert board["parameters"].tolist() == [
-        next(c.run["parameters"] for c in ckpts if c.model == m) for m in board["model"]
+        next(c.run.parameters for c in ckpts if c.model == m) for m in board["model"]
     ]
     studies = studies_table(ckpts)
     row = studies[(studies["model"] == "cnn002_4layer") & (studies["metric"] == "accuracy")]
@@ -151,21 +151,26 @@ def test_leaderboard_and_studies_table_from_real_checkpoints(two_models):
 
 
 def test_like_for_like_flags_pretraining_and_cpu_budget_runs():
-    from bloodviz.compare import _like_for_like, is_cpu_budget_run, training_text
+    from bloodviz.compare import _like_for_like
     from bloodviz.models.registry import Reported
+    from bloodviz.runcard import RunCard
 
-    budget = {
-        "epochs_run": 2,
-        "n_samples": {"train": 800},
-        "config": {"train_limit_per_class": 100},
-    }
-    full = {"epochs_run": 15, "n_samples": {"train": 11366}, "config": {}}
-    assert training_text(budget) == "2 ep on 800 train images (CPU-budget subset)"
-    assert training_text(full) == "15 ep on 11,366 train images"
+    identity = {"dataset": "pbc", "size": 64, "model": "resnet50"}
+    budget = RunCard.from_dict(
+        {
+            **identity,
+            "epochs_run": 2,
+            "n_samples": {"train": 800},
+            "config": {"train_limit_per_class": 100},
+        }
+    )
+    full = RunCard.from_dict({**identity, "epochs_run": 15, "n_samples": {"train": 11366}})
+    assert budget.training_summary == "2 ep on 800 train images (CPU-budget subset)"
+    assert full.training_summary == "15 ep on 11,366 train images"
     imagenet = Reported("accuracy", 88.55, "Kaggle", "validation", pretrained=True)
     scratch = Reported("accuracy", 88.07, "BloodMNIST 64x64", "test")
-    assert _like_for_like(scratch, 90.0, "from scratch", is_cpu_budget_run(full)) == "yes"
-    assert _like_for_like(imagenet, 50.0, "from scratch", is_cpu_budget_run(budget)) == (
+    assert _like_for_like(scratch, 90.0, "from scratch", full.is_cpu_budget) == "yes"
+    assert _like_for_like(imagenet, 50.0, "from scratch", budget.is_cpu_budget) == (
         "no: study ImageNet, ours from scratch; ours a CPU-budget run on a training subset"
     )
     assert _like_for_like(scratch, None, None) == ""

@@ -9,7 +9,7 @@ from bloodviz.models import create_model, model_info
 from bloodviz.models.pretrained import PretrainedUnavailable
 from bloodviz.models.study002 import keras_total
 from bloodviz.models.supcon import supcon_loss
-from bloodviz.train import TrainConfig
+from bloodviz.runcard import TrainConfig
 
 # study 002 printed these Keras totals for BloodMNIST at 64 px, 8 classes
 PRINTED_002 = {
@@ -112,13 +112,13 @@ def test_pretrained_run_from_a_local_weights_file(tmp_path):
     args += ["--limit-per-class", "3", "--quiet"]
     run_bloodviz(*args, "--pretrained", env=env, check=True)
     ckpt = find_checkpoint("pbc", "resnet18@imagenet", root=tmp_path / "ck")
-    assert ckpt.run["pretrained"] is True and ckpt.name == "resnet18@imagenet"
+    assert ckpt.run.pretrained is True and ckpt.name == "resnet18@imagenet"
     model = ckpt.load_model()  # rebuilt with the ImageNet stem, no download
     assert model.conv1.kernel_size == (7, 7)
     # the from-scratch run goes beside it, not over it
     run_bloodviz(*args, env=env, check=True)
     scratch = find_checkpoint("pbc", "resnet18", root=tmp_path / "ck")
-    assert scratch.run["pretrained"] is False and scratch.load_model().conv1.kernel_size == (3, 3)
+    assert scratch.run.pretrained is False and scratch.load_model().conv1.kernel_size == (3, 3)
     # without the file the run stops with the reason, and nothing is written
     env["BLOODVIZ_PRETRAINED_DIR"] = str(tmp_path / "empty")
     failed = run_bloodviz(*args, "--pretrained", "--fresh", env=env)

@@ -8,7 +8,8 @@ from torch import nn
 
 from bloodviz import svm
 from bloodviz.checkpoints import CheckpointError, open_checkpoint
-from bloodviz.train import TrainConfig, train
+from bloodviz.fit import fit as train
+from bloodviz.runcard import TrainConfig
 
 
 class TinyFeatures(nn.Module):
@@ -52,9 +53,9 @@ def test_fit_writes_a_predictions_only_checkpoint(tmp_path, monkeypatch, data_ro
     out = train(config, str(data_root), tmp_path / "ck", progress=False, log=str)
     ckpt = open_checkpoint(out)
     assert ckpt.splits == ["test", "test_simple", "val"]
-    assert ckpt.run["n_samples"]["train"] == 20 and ckpt.run["n_samples"]["test"] == 24
+    assert ckpt.run.n_samples["train"] == 20 and ckpt.run.n_samples["test"] == 24
     assert "pickle" in ckpt.predictions_only_reason and not ckpt.has_weights
-    assert "one-vs-one" in ckpt.run["classifier"]
+    assert "one-vs-one" in ckpt.run.classifier
     test = ckpt.predictions("test")
     assert np.allclose(test.probs.sum(1), 1, atol=1e-6)
     assert ckpt.metrics()["test"]["n"] == 24

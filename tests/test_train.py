@@ -37,11 +37,13 @@ def test_checkpoint_contents(trained):
     test = ckpt.predictions("test")
     assert len(test.ids) == 96 and len(set(test.ids)) == 96
     assert np.allclose(test.probs.sum(1), 1, atol=1e-4)
-    run = ckpt.run
+    card = json.loads((ckpt.path / "run.json").read_text())
     for key in ("config", "hardware", "versions", "wall_time_s", "command", "started_at"):
-        assert key in run
-    assert run["config"]["seed"] == 0 and run["epochs_run"] == 2
-    assert "python -m bloodviz train" in run["command"]
+        assert key in card
+    run = ckpt.run
+    assert run.config["seed"] == 0 and run.epochs_run == 2 and run.seed == 0
+    assert run.to_dict() == card  # the typed card gives back exactly what was written
+    assert "python -m bloodviz train" in run.command
     assert len(ckpt.history()) == 2
     assert ckpt.preprocessing.size == 28
 
@@ -133,7 +135,7 @@ def test_killed_training_resumes_losing_at_most_one_epoch(tmp_path):
 
     result = bloodviz(*args, env=env)
     assert result.returncode == 0, result.stderr
-    assert f"resuming from {state}: {done} epoch(s) done" in result.stdout
+    assert f"resuming from {state}: {done} of 4 epoch(s) done" in result.stdout
     history = pd.read_csv(tmp_path / "ck" / "pbc-64" / "cnn_baseline" / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3, 4]
     for row in range(done):  # finished epochs were kept, not trained again
@@ -187,10 +189,10 @@ def test_a_cpu_budget_run_makes_a_predictions_only_checkpoint(tmp_path, monkeypa
         config, str(data_root), tmp_path / "ck", tmp_path / "runs", progress=False, log=str
     )
     ckpt = open_checkpoint(out)
-    assert ckpt.run["n_samples"] == {"train": 16, "val": 32, "test": 32}
+    assert ckpt.run.n_samples == {"train": 16, "val": 32, "test": 32}
     assert not (out / "model.safetensors").exists()
     local = tmp_path / "runs" / "pbc-28" / "cnn_baseline" / "model.safetensors"
-    assert local.exists() and "CPU-budget run" in ckpt.run["weights_not_shipped"]
+    assert local.exists() and "CPU-budget run" in ckpt.run.weights_not_shipped
     monkeypatch.setenv("BLOODVIZ_RUNS", str(tmp_path / "runs"))
     assert ckpt.has_weights and ckpt.load_model() is not None  # the local copy serves here
     local.unlink()
@@ -235,7 +237,7 @@ def test_sweep_trains_then_skips_up_to_date(tmp_path):
 
 
 def test_runs_saved_before_a_new_setting_stay_resumable():
-    from bloodviz.train import TrainConfig
+    from bloodviz.runcard import TrainConfig
 
     config = TrainConfig.for_model("cnn_baseline", "pbc", size=64)
     current = config.resume_key()
@@ -243,3 +245,81 @@ def test_runs_saved_before_a_new_setting_stay_resumable():
     assert config.matches(older)
     assert not config.matches({**older, "lr": 1.0})
     assert not TrainConfig.for_model("cnn_baseline", "pbc", size=64, pretrained=True).matches(older)
+
+
+def test_durations_read_as_seconds():
+    from bloodviz.runcard import parse_duration
+
+    assert parse_duration("45m") == 2700
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("900") == 900
+    for bad in ("soon", "45x", "-5", "0"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_epochs_planned_to_fill_the_budget():
+    from bloodviz.train import plan_epochs
+
+    # 100 steps of 0.5 s plus 10 s of validation = 60 s an epoch; 600 s left -> 10 epochs
+    assert plan_epochs(660, 60, 0.5, 100, 10, cap=30) == 10
+    assert plan_epochs(660, 60, 0.5, 100, 10, cap=4) == 4  # --epochs caps it
+    assert plan_epochs(30, 0, 0.5, 100, 10, cap=30) == 1  # always at least one epoch
+
+
+def test_a_time_budget_plans_the_run_and_the_card_records_it(tmp_path, data_root):
+    """--time-budget: the run's length comes from its first steps' speed, the schedule ends
+    at the planned epoch, and the card says how many were planned and run; 'auto' precision
+    on a CPU records what its probe measured."""
+    from bloodviz.fit import fit
+    from bloodviz.runcard import TrainConfig
+
+    config = TrainConfig.for_model(
+        "cnn_baseline",
+        "pbc",
+        size=28,
+        epochs=50,
+        limit_per_class=8,
+        time_budget="20s",
+        batch_size=16,
+    )
+    messages = []
+    out = fit(
+        config,
+        str(data_root),
+        tmp_path / "ck",
+        tmp_path / "runs",
+        progress=False,
+        log=messages.append,
+    )
+    run = open_checkpoint(out).run
+    assert any(m.startswith("time budget 20s:") for m in messages)
+    assert 1 <= run.epochs_planned < 50 and run.epochs_run <= run.epochs_planned
+    history = pd.read_csv(out / "history.csv")
+    if run.epochs_run == run.epochs_planned:  # the schedule decayed to its end
+        assert history["lr"].iloc[-1] < 1e-6
+    assert run.wall_time_s < 20 + 30  # evaluation and writing come on top of the budget
+    assert set(run.precision_probe) == {"fp32+cl", "bf16+cl"}
+    assert run.precision == (
+        "bf16" if max(run.precision_probe, key=run.precision_probe.get) == "bf16+cl" else "fp32"
+    )
+
+
+def test_bench_train_prints_each_precision_side_by_side():
+    result = run_bloodviz(
+        "bench-train",
+        "--models",
+        "cnn002_4layer",
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--size",
+        "64",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["rows"][0]
+    assert set(row["images_per_s"]) == {"fp32", "fp32+cl", "bf16+cl"}
+    assert row["ratio_vs_old_default"]["bf16+cl"] == 1.0
+    assert all(v > 0 for v in row["images_per_s"].values())
