@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bloodviz.checkpoints import Checkpoint, write_json
 from bloodviz.inference import hardware_info, softmax, versions
-from bloodviz.models import model_info
+from bloodviz.literature import reported_cost
 from bloodviz.paths import cache_root
 
 ONNX_TOLERANCE = 1e-4
@@ -120,7 +120,6 @@ def bench_checkpoint(
     dev = torch.device(device)
     model = ckpt.cost_model()
     size = ckpt.preprocessing.size
-    info = model_info(ckpt.model)
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     flops = count_flops(model, size)  # on CPU, before the model moves to the device
@@ -174,7 +173,7 @@ def bench_checkpoint(
             "precision": ckpt.run.precision,
             "hardware": dict(ckpt.run.hardware),
         },
-        "reported": info.reported_cost.__dict__ if info.reported_cost else None,
+        "reported": cost.__dict__ if (cost := reported_cost(ckpt.model)) else None,
     }
     if with_onnx and device == "cpu":
         result["onnx"] = bench_onnx(ckpt, model, one, batch, threads, min_run_time)

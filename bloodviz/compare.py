@@ -15,6 +15,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from bloodviz.benchmark import load_bench
 from bloodviz.checkpoints import Checkpoint, Predictions
+from bloodviz.literature import reported_for, study_of
 from bloodviz.models import list_models, model_info
 from bloodviz.runcard import pretrained_label
 
@@ -51,7 +52,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
                 "model": ckpt.name,
                 "name": run.display_name or ckpt.model,
                 "family": run.family or (info.family if info else "other"),
-                "study": (info.study or "-")[:3] if info else "-",
+                "study": study.id if (study := study_of(ckpt.model)) else "-",
                 "accuracy": metrics["accuracy"],
                 "accuracy_lo": metrics["accuracy_ci95"][0],
                 "accuracy_hi": metrics["accuracy_ci95"][1],
@@ -282,8 +283,8 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
     rows = []
     for name in list_models():
         info = model_info(name)
-        for reported in info.reported or ():
-            target_dataset = "pbc" if "BloodMNIST" in reported.dataset else "blood-cells"
+        for reported in reported_for(name):
+            target_dataset = reported.bloodviz_dataset
             target_split = {"validation": "val"}.get(reported.split, reported.split)
             ours = [c for c in shipped.get(name, []) if c.dataset == target_dataset]
             key = _metric_key(reported.metric)
@@ -305,7 +306,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
                 {
                     "model": name,
                     "name": info.display_name,
-                    "study": (reported.study or info.study or "-")[:3],
+                    "study": reported.study,
                     "metric": reported.metric,
                     "reported": reported.value,
                     "reported on": f"{reported.dataset} / {reported.split}",

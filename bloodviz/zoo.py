@@ -5,15 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from bloodviz.checkpoints import list_checkpoints
+from bloodviz.literature import STUDIES, Reported, reported_cost, reported_for, study_of
 from bloodviz.models import create_model, list_models, model_info
 from bloodviz.models.study002 import keras_total
 
-BLOODMNIST_STUDY = "002"
+# bloodviz's own baselines belong to no study; they are shown at BloodMNIST's 8 classes
+OWN_BASELINE_CLASSES = 8
 
 
-def study_classes(study: str | None) -> int:
-    """Class count of the study's dataset: BloodMNIST's 8, or the Kaggle set's 4."""
-    return 8 if (study or BLOODMNIST_STUDY).startswith(BLOODMNIST_STUDY) else 4
+def _reported_json(reported: Reported, home: str | None) -> dict:
+    return {
+        "metric": reported.metric,
+        "value": reported.value,
+        "dataset": reported.dataset,
+        "split": reported.split,
+        "pretrained": reported.pretrained,
+        "note": reported.note,
+        # set where another study than the model's own printed the figure
+        "study": None if reported.study == home else STUDIES[reported.study].seed_file,
+    }
 
 
 def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
@@ -23,7 +33,8 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
     rows = []
     for name in list_models():
         info = model_info(name)
-        classes = study_classes(info.study)
+        study = study_of(name)
+        classes = study.classes if study else OWN_BASELINE_CLASSES
         model = create_model(name, num_classes=classes, in_size=info.default_size)
         reproduced = {}
         for ckpt in shipped.get(name, []):
@@ -40,20 +51,20 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
                     "weights_shipped": not ckpt.predictions_only_reason,
                     "train_subset": ckpt.run.train_subset,
                 }
-        cost = info.reported_cost
+        cost = reported_cost(name)
         rows.append(
             {
                 "model": name,
                 "display_name": info.display_name,
                 "family": info.family,
-                "study": info.study,
+                "study": study.seed_file if study else None,
                 "input_size": info.default_size,
                 "classes": classes,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 # Keras counts batch-norm statistics as (non-trainable) parameters
                 "parameters_keras_count": keras_total(model),
                 "parameters_printed": cost.parameters if cost else None,
-                "reported": [r.__dict__ for r in info.reported],
+                "reported": [_reported_json(r, study and study.id) for r in reported_for(name)],
                 "reproduced": reproduced,
                 "adaptation": info.adaptation,
                 "pretrained_available": bool(info.pretrained_source),

@@ -152,7 +152,7 @@ def test_leaderboard_and_studies_table_from_real_checkpoints(two_models):
 
 def test_like_for_like_flags_pretraining_and_cpu_budget_runs():
     from bloodviz.compare import _like_for_like
-    from bloodviz.models.registry import Reported
+    from bloodviz.literature import Reported
     from bloodviz.runcard import RunCard
 
     identity = {"dataset": "pbc", "size": 64, "model": "resnet50"}
@@ -167,8 +167,8 @@ def test_like_for_like_flags_pretraining_and_cpu_budget_runs():
     full = RunCard.from_dict({**identity, "epochs_run": 15, "n_samples": {"train": 11366}})
     assert budget.training_summary == "2 ep on 800 train images (CPU-budget subset)"
     assert full.training_summary == "15 ep on 11,366 train images"
-    imagenet = Reported("accuracy", 88.55, "Kaggle", "validation", pretrained=True)
-    scratch = Reported("accuracy", 88.07, "BloodMNIST 64x64", "test")
+    imagenet = Reported("resnet50", "000", "accuracy", 88.55, "validation", pretrained=True)
+    scratch = Reported("cnn002_3layer", "002", "accuracy", 88.07, "test")
     assert _like_for_like(scratch, 90.0, "from scratch", full.is_cpu_budget) == "yes"
     assert _like_for_like(imagenet, 50.0, "from scratch", budget.is_cpu_budget) == (
         "no: study ImageNet, ours from scratch; ours a CPU-budget run on a training subset"

@@ -5,7 +5,8 @@ import torch
 from helpers import run_bloodviz, store_env
 
 from bloodviz.checkpoints import find_checkpoint
-from bloodviz.models import create_model, model_info
+from bloodviz.literature import reported_cost
+from bloodviz.models import create_model
 from bloodviz.models.pretrained import PretrainedUnavailable
 from bloodviz.models.study002 import keras_total
 from bloodviz.models.supcon import supcon_loss
@@ -27,7 +28,7 @@ PRINTED_002 = {
 @pytest.mark.parametrize("name", sorted(PRINTED_002))
 def test_study_002_parameter_counts_equal_the_printed_ones(name):
     assert keras_total(create_model(name, num_classes=8, in_size=64)) == PRINTED_002[name]
-    assert model_info(name).reported_cost.parameters == PRINTED_002[name]
+    assert reported_cost(name).parameters == PRINTED_002[name]
 
 
 def test_study_000_tables_at_120_px_and_4_classes():

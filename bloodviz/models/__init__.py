@@ -11,8 +11,6 @@ from bloodviz.models import (  # noqa: F401  (imports register the models)
 )
 from bloodviz.models.registry import (
     ModelInfo,
-    Reported,
-    ReportedCost,
     create_model,
     list_models,
     model_info,
@@ -21,8 +19,6 @@ from bloodviz.models.registry import (
 
 __all__ = [
     "ModelInfo",
-    "Reported",
-    "ReportedCost",
     "create_model",
     "list_models",
     "model_info",

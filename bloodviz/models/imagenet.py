@@ -5,28 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from bloodviz.models.pretrained import timm_model
-from bloodviz.models.registry import Reported, register_model
+from bloodviz.models.registry import register_model
 from bloodviz.models.resnet import SMALL_INPUT_ADAPTATION, adapt_resnet_stem
-
-STUDY_000 = "000_e498d33e13dfbf2a.txt"
-STUDY_001 = "001_a6a249ec1b9073c2.txt"
-STUDY_002 = "002_015e41b8e293e97d.txt"
-STUDY_003 = "003_69a75d80641104dc.txt"
-KAGGLE_000 = "Kaggle blood-cells 120x120"
-KAGGLE = "Kaggle blood-cells"
-BLOODMNIST = "BloodMNIST 64x64"
-
-
-def _reported(
-    metric: str,
-    value: float,
-    dataset: str,
-    split: str,
-    pretrained: bool,
-    note: str = "",
-    study: str | None = None,
-) -> Reported:
-    return Reported(metric, value, dataset, split, pretrained=pretrained, note=note, study=study)
 
 
 # -- ResNet-50 (studies 000, 001, 003) --------------------------------------------------------
@@ -34,15 +14,9 @@ def _reported(
     "resnet50",
     display_name="ResNet-50",
     family="ResNet",
-    study=STUDY_000,
     target_layer="layer4",
     adaptation=SMALL_INPUT_ADAPTATION,
     pretrained_source="resnet50",
-    reported=(
-        _reported("train_accuracy", 97.46, KAGGLE_000, "train", True),
-        _reported("accuracy", 88.55, KAGGLE_000, "validation", True, "ImageNet baseline"),
-        _reported("loss", 0.33, KAGGLE_000, "validation", True),
-    ),
     description="timm resnet50 (ImageNet-pretrained in study 000).",
 )
 def resnet50(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
@@ -80,14 +54,9 @@ class ResNet50DenseHead(nn.Module):
     "resnet50_head001",
     display_name="ResNet-50 + dense head (study 001)",
     family="ResNet",
-    study=STUDY_001,
     target_layer="backbone.layer4",
     adaptation=SMALL_INPUT_ADAPTATION + "; the head flattens 4x4x2048 as the study's did",
     pretrained_source="resnet50",
-    reported=(
-        _reported("accuracy", 87.29, KAGGLE, "test", True, "transfer learning, Adam"),
-        _reported("macro_f1", 87.65, KAGGLE, "test", True, "printed 0.876473181098623"),
-    ),
     description="ResNet-50 + flatten (32,768) + BN/dense 256/128/64 with dropout + BN + dense, "
     "as study 001's model summary (8.4M parameters in the first dense layer alone).",
 )
@@ -106,17 +75,9 @@ INCEPTION_ADAPTATION = (
     "inception_v3",
     display_name="Inception-v3",
     family="Inception",
-    study=STUDY_002,
     target_layer="Mixed_7c",
     adaptation=INCEPTION_ADAPTATION,
     pretrained_source="inception_v3",
-    reported=(
-        _reported("accuracy", 88.02, BLOODMNIST, "test", False, "study 002, 10,313,800 params"),
-        _reported("f1_weighted", 87.96, BLOODMNIST, "test", False, "study 002"),
-        _reported("accuracy", 95.03, KAGGLE_000, "validation", True, "study 000", STUDY_000),
-        _reported("accuracy", 82.75, KAGGLE, "test", True, "study 001", STUDY_001),
-        _reported("macro_f1", 83.33, KAGGLE, "test", True, "study 001", STUDY_001),
-    ),
     description="timm inception_v3 (21.8M parameters; study 002 printed 10.3M for its own "
     "variant, whose layers it did not list).",
 )
@@ -131,15 +92,9 @@ def inception_v3(num_classes: int, in_size: int = 64, pretrained: bool = False) 
     "inception_resnet_v2",
     display_name="Inception-ResNet-v2 (study 000)",
     family="Inception",
-    study=STUDY_000,
     target_layer="conv2d_7b",
     adaptation=INCEPTION_ADAPTATION,
     pretrained_source="inception_resnet_v2",
-    reported=(
-        _reported("train_accuracy", 99.41, KAGGLE_000, "train", True),
-        _reported("accuracy", 99.50, KAGGLE_000, "validation", True, "study 000's best"),
-        _reported("loss", 0.0209, KAGGLE_000, "validation", True),
-    ),
     description="timm inception_resnet_v2 (54M parameters: even fp16 weights, 109 MB, exceed "
     "the 50 MB checkpoint limit).",
 )
@@ -155,14 +110,10 @@ def inception_resnet_v2(num_classes: int, in_size: int = 64, pretrained: bool = 
     "efficientnet_b0",
     display_name="EfficientNet-B0 (study 001)",
     family="EfficientNet",
-    study=STUDY_001,
     target_layer="conv_head",
     adaptation="stem stride 1 instead of 2 below 160 px: a 64 px cell keeps 4x4 at the end "
     "(2x2 otherwise)",
     pretrained_source="efficientnet_b0",
-    reported=(
-        _reported("accuracy", 88.31, KAGGLE, "test", True, "n=2464; 'overfitting', discarded"),
-    ),
     description="timm efficientnet_b0.",
 )
 def efficientnet_b0(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
@@ -194,7 +145,6 @@ class VGG16Features(nn.Module):
     "vgg16",
     display_name="VGG16 (study 003)",
     family="VGG",
-    study=STUDY_003,
     target_layer="features.29",  # last conv ReLU
     adaptation="13 VGG-16 convs with a global-average-pool + linear head (study 003 printed no "
     "head); the last max-pool dropped below 160 px",
@@ -211,15 +161,11 @@ def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.M
     "resnet50_svm",
     display_name="ResNet-50 features + OvO SVM (study 003)",
     family="ResNet + SVM",
-    study=STUDY_003,
     adaptation=SMALL_INPUT_ADAPTATION + "; without ImageNet weights the features come from "
     "bloodviz's own resnet50 checkpoint on the same data (the study used ImageNet features); "
     "cost figures are the feature extractor's, the SVM's kernel sums are not timed",
     pretrained_source="resnet50",
     trainer="svm",
-    reported=(
-        _reported("accuracy", 83.71, KAGGLE, "test", True, "ImageNet ResNet50 features + SVM OvO"),
-    ),
     description="2048 pooled ResNet-50 features, standardised, into scikit-learn's RBF SVC "
     "(one-vs-one; probabilities by sigmoid calibration). The network built here is the feature "
     "extractor; `bloodviz train` fits the SVM (see bloodviz.svm).",

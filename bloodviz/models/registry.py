@@ -9,40 +9,14 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class Reported:
-    """A number a source study printed for a model, with what it was measured on."""
-
-    metric: str
-    value: float
-    dataset: str
-    split: str
-    pretrained: bool = False
-    note: str = ""
-    study: str | None = None  # the seed file, when not the model's own study
-
-
-@dataclass(frozen=True)
-class ReportedCost:
-    """Cost figures a study printed, in the study's own units."""
-
-    ms_per_step: float | None = None
-    memory_mb: float | None = None
-    parameters: int | None = None
-    note: str = ""
-
-
-@dataclass(frozen=True)
 class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
     display_name: str
     family: str
-    study: str | None = None
     default_size: int = 64
     target_layer: str = ""
     adaptation: str = ""
-    reported: tuple[Reported, ...] = field(default_factory=tuple)
-    reported_cost: ReportedCost | None = None
     description: str = ""
     # training settings this model needs instead of TrainConfig's defaults (e.g. a lower lr)
     recipe: dict = field(default_factory=dict)
@@ -60,12 +34,9 @@ def register_model(
     *,
     display_name: str,
     family: str,
-    study: str | None = None,
     default_size: int = 64,
     target_layer: str = "",
     adaptation: str = "",
-    reported: tuple[Reported, ...] = (),
-    reported_cost: ReportedCost | None = None,
     description: str = "",
     recipe: dict | None = None,
     pretrained_source: str = "",
@@ -81,12 +52,9 @@ def register_model(
             builder=builder,
             display_name=display_name,
             family=family,
-            study=study,
             default_size=default_size,
             target_layer=target_layer,
             adaptation=adaptation,
-            reported=tuple(reported),
-            reported_cost=reported_cost,
             description=description,
             recipe=dict(recipe or {}),
             pretrained_source=pretrained_source,

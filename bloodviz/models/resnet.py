@@ -5,11 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from bloodviz.models.pretrained import timm_model
-from bloodviz.models.registry import Reported, ReportedCost, register_model
-
-STUDY_002 = "002_015e41b8e293e97d.txt"
-STUDY_003 = "003_69a75d80641104dc.txt"
-STUDY_004 = "004_7237b6eba7baf1b4.txt"
+from bloodviz.models.registry import register_model
 
 SMALL_INPUT_ADAPTATION = (
     "stem: 3x3 stride-2 conv instead of 7x7 stride-2, max-pool removed, so a 64 px cell keeps "
@@ -36,45 +32,8 @@ def adapt_resnet_stem(model: nn.Module, keep_weights: bool = False) -> nn.Module
     "resnet18",
     display_name="ResNet-18",
     family="ResNet",
-    study=STUDY_002,
     target_layer="layer4",
-    reported=(
-        Reported("accuracy", 95.67, "BloodMNIST 64x64", "test", note="'Resnet SGD'"),
-        Reported("f1_weighted", 95.70, "BloodMNIST 64x64", "test", note="'Resnet SGD'"),
-        Reported(
-            "accuracy",
-            99.08,
-            "Kaggle blood-cells",
-            "test",
-            pretrained=True,
-            note="study 003, transfer learning (train accuracy 99.87)",
-            study=STUDY_003,
-        ),
-        Reported(
-            "accuracy",
-            85.7,
-            "Kaggle blood-cells (study's own size)",
-            "test",
-            note="study 004, torchvision resnet18 'imported as-is'",
-            study=STUDY_004,
-        ),
-        Reported(
-            "accuracy",
-            25.4,
-            "Kaggle blood-cells (study's own size)",
-            "test_simple",
-            note="study 004",
-            study=STUDY_004,
-        ),
-    ),
     pretrained_source="resnet18",
-    reported_cost=ReportedCost(
-        ms_per_step=10.35,
-        memory_mb=42.71,
-        parameters=11195016,
-        note="Keras, hardware not stated; 'Execution Time (ms/step)' and 'Memory Size (MB)' "
-        "(= fp32 weight size) of study 002's comparison table",
-    ),
     adaptation=SMALL_INPUT_ADAPTATION,
     description="timm resnet18 with a small-input stem.",
 )

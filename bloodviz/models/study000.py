@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bloodviz.models.registry import Reported, ReportedCost, register_model
-
-STUDY = "000_e498d33e13dfbf2a.txt"
-KAGGLE_VAL = "Kaggle blood-cells 120x120"
+from bloodviz.models.registry import register_model
 
 
 def _side_after(size: int, steps: list[str]) -> int:
@@ -79,15 +76,8 @@ class AlexNet000(nn.Module):
     "lenet5",
     display_name="LeNet-5 (study 000)",
     family="classic CNN",
-    study=STUDY,
     default_size=120,
     target_layer="features.4",  # ReLU after the second conv: 57x57 at 120 px
-    reported=(
-        Reported("train_accuracy", 99.95, KAGGLE_VAL, "train"),
-        Reported("accuracy", 77.51, KAGGLE_VAL, "validation"),
-        Reported("loss", 0.97, KAGGLE_VAL, "validation"),
-    ),
-    reported_cost=ReportedCost(parameters=1516952),
     description="3x3 conv 6 - avgpool - 3x3 conv 16 - avgpool - dense 120 - 84 - classes, as "
     "in the study's Keras summary (1,516,952 parameters at 120 px, 4 classes).",
 )
@@ -101,15 +91,8 @@ def lenet5(num_classes: int, in_size: int = 120, pretrained: bool = False) -> nn
     "alexnet000",
     display_name="AlexNet, modified for 120x120 (study 000)",
     family="classic CNN",
-    study=STUDY,
     default_size=120,
     target_layer="features.7",  # ReLU after the third conv: 26x26 at 120 px
-    reported=(
-        Reported("train_accuracy", 98.64, KAGGLE_VAL, "train"),
-        Reported("accuracy", 85.89, KAGGLE_VAL, "validation"),
-        Reported("loss", 0.6378, KAGGLE_VAL, "validation", note="printed as '0.6378%'"),
-    ),
-    reported_cost=ReportedCost(parameters=1413732),
     description="3 conv (32-32-64) with max-pool, dropout, dense 128, dropout, as in the study's "
     "Keras summary (1,413,732 parameters at 120 px, 4 classes).",
 )

@@ -23,10 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bloodviz.models.registry import Reported, ReportedCost, register_network
+from bloodviz.models.registry import register_network
 
-STUDY = "002_015e41b8e293e97d.txt"
-BLOODMNIST = "BloodMNIST 64x64"
 L2_STUDY = 1e-4
 
 
@@ -38,13 +36,6 @@ def keras_total(model: nn.Module) -> int:
         if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.running_mean is not None
     )
     return sum(p.numel() for p in model.parameters()) + stats
-
-
-def _reported(accuracy: float, f1: float | None, note: str) -> tuple[Reported, ...]:
-    rows = [Reported("accuracy", accuracy, BLOODMNIST, "test", note=note)]
-    if f1 is not None:
-        rows.append(Reported("f1_weighted", f1, BLOODMNIST, "test", note=note))
-    return tuple(rows)
 
 
 class L2Penalty:
@@ -142,17 +133,14 @@ class StudyCNN(L2Penalty, nn.Module):
 def _registrar(network: type[nn.Module], family: str, **shared):
     """A one-line registration for each of the study's variants of ``network``."""
 
-    def register(name, display, target, reported, cost, description, **kwargs):
+    def register(name, display, target, description, **kwargs):
         register_network(
             name,
             network,
             kwargs,
             display_name=display,
             family=family,
-            study=STUDY,
             target_layer=target,
-            reported=reported,
-            reported_cost=cost,
             description=description,
             **shared,
         )
@@ -167,8 +155,6 @@ _cnn_register(
     "cnn002_2layer",
     "Basic CNN, 2 conv layers (study 002)",
     "features.1.1",
-    (),
-    None,
     "conv 16-32 (valid) + max-pool, flatten, dense 64, dense 8. The study compared it but "
     "printed no number for it.",
     widths=(16, 32),
@@ -179,13 +165,6 @@ _cnn_register(
     "cnn002_3layer",
     "Basic CNN, 3 conv layers (study 002)",
     "features.2.1",  # 12x12 before the last pool at 64 px
-    _reported(88.07, 88.07, "'Basic CNN 3 Layers'"),
-    ReportedCost(
-        ms_per_step=6.05,
-        memory_mb=0.67,
-        parameters=171624,
-        note="0.67 MB in the table; 171,624 is our count that gives it (not printed)",
-    ),
     "conv 16-32-64 (valid) + max-pool, flatten 6x6x64, dense 64, dense 8: 171,624 parameters, "
     "the table's 0.67 MB.",
     widths=(16, 32, 64),
@@ -196,8 +175,6 @@ _cnn_register(
     "cnn002_4layer",
     "Basic CNN, 4 conv layers (study 002)",
     "features.2.1",  # the 4th block would be 4x4 -> 2x2; the 3rd keeps 12x12
-    _reported(88.78, 88.77, "'Basic CNN 4 Layers'"),
-    ReportedCost(ms_per_step=6.65, memory_mb=0.51, parameters=130792),
     "conv 16-32-64-128 (valid) + max-pool, flatten 2x2x128, dense 64, dense 8: 130,792 "
     "parameters, as printed.",
     widths=(16, 32, 64, 128),
@@ -208,8 +185,6 @@ _cnn_register(
     "cnn002_dropout",
     "CNN + dropout 0.4 (study 002)",
     "features.2.1",
-    _reported(91.90, 91.85, "section 1.2; weighted F1 0.9185"),
-    ReportedCost(parameters=549032),
     "conv 16-32-64 (same) + max-pool, flatten 8x8x64, dense 128, dropout 0.4, dense 8: "
     "549,032 parameters, as printed.",
     widths=(16, 32, 64),
@@ -221,8 +196,6 @@ _cnn_register(
     "cnn002_bn",
     "CNN 4 layers + batch norm (study 002)",
     "features.3.2",  # ReLU of the 4th block: 8x8 at 64 px
-    _reported(95.59, 95.51, "'CNN 4 Layers with Batch Normalization'"),
-    ReportedCost(ms_per_step=8.85, memory_mb=2.39, parameters=626024),
     "conv 16-32-64-128 (same) + BN + max-pool, flatten, dense 256 + BN, dropout 0.4, dense 8: "
     "626,024 Keras parameters (992 non-trainable), as printed.",
     widths=(16, 32, 64, 128),
@@ -235,8 +208,6 @@ _cnn_register(
     "cnn002_l2",
     "CNN 4 layers + BN + L2 (study 002)",
     "features.3.2",
-    _reported(91.11, 91.16, "section 1.4, L2 1e-4; weighted F1 0.9116"),
-    ReportedCost(parameters=626024),
     "the batch-norm CNN with a Keras-style L2 penalty 1e-4 on every kernel, added to the loss.",
     widths=(16, 32, 64, 128),
     padding="same",
@@ -249,8 +220,6 @@ _cnn_register(
     "cnn002_se",
     "CNN + SE attention + L2 (study 002)",
     "features.2.3",  # the SE output of the 3rd block: 16x16 at 64 px
-    _reported(95.03, 95.01, "'CNN with Attention L2'"),
-    ReportedCost(ms_per_step=15.30, memory_mb=1.10, parameters=287807),
     "conv 16-32-64 (same) + BN + ReLU + squeeze-excitation (ratio 16) + max-pool, flatten, "
     "dense 64 + BN, dense 8, L2 1e-4: 287,807 Keras parameters (352 non-trainable), as printed.",
     widths=(16, 32, 64),
@@ -342,8 +311,6 @@ _vgg_register(
     "vgg16_002",
     "VGG-16 (study 002)",
     "features.4.5",  # last conv ReLU: 4x4 at 64 px
-    _reported(95.03, 95.06, "'VGG-16'"),
-    ReportedCost(ms_per_step=21.58, memory_mb=22.08, parameters=5787560),
     "13 convs, dense 1024-1024, no dropout: 5,787,560 parameters, as printed.",
     dropout=0.0,
 )
@@ -351,16 +318,12 @@ _vgg_register(
     "vgg16_dropout",
     "VGG-16 + dropout (study 002)",
     "features.4.5",
-    _reported(96.43, 96.41, "'VGG-16 DL', the study's best"),
-    ReportedCost(ms_per_step=21.75, memory_mb=22.08, parameters=5787560),
     "13 convs, dense 1024-1024 each followed by dropout 0.5: 5,787,560 parameters, as printed.",
 )
 _vgg_register(
     "vgg16_trimmed",
     "VGG-16, blocks 4-5 trimmed (study 002)",
     "features.4.3",
-    _reported(96.20, 96.20, "'VGG-16 Rm'"),
-    ReportedCost(ms_per_step=20.69, memory_mb=17.58, parameters=4607400),
     "blocks 4 and 5 keep two convs each, dropout 0.5: 4,607,400 parameters, as printed.",
     blocks=VGG16_TRIMMED,
 )
@@ -368,8 +331,6 @@ _vgg_register(
     "vgg16_cbam",
     "VGG-16 + CBAM (study 002)",
     "features.4.6",  # CBAM output of block 5: 4x4
-    _reported(93.31, 93.33, "section 3.2; weighted F1 0.9333"),
-    ReportedCost(parameters=5800994, note="our CBAM placement gives a different count"),
     "VGG-16 + dropout with CBAM (ratio 8, 7x7 spatial) after every block. The study printed "
     "5,800,994 parameters; no CBAM placement we tried reproduces that figure.",
     cbam=True,

@@ -14,26 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bloodviz.models.registry import Reported, register_network
+from bloodviz.models.registry import register_network
 
-STUDY = "004_7237b6eba7baf1b4.txt"
 # no batch norm anywhere: at the default lr 2e-3 and batch 128 these nets stall near chance on
 # the Kaggle set; smaller, more frequent steps train them (the study used batch 4 with Adam)
 RECIPE = {"lr": 5e-4, "batch_size": 32}
-KAGGLE = "Kaggle blood-cells (study's own size)"
 
 MYCNN_ADAPTATION = (
     "the study fed 320x240 images, where stride-2 convs and max-pools leave 1x1x128 before fc1. "
     "Below 128 px the max-pools are dropped and a global average pool gives fc1 the same 128 "
     "inputs, so a 64 px cell keeps a 4x4 map for Grad-CAM"
 )
-
-
-def _test_and_simple(test: float, simple: float, note: str) -> tuple[Reported, ...]:
-    return (
-        Reported("accuracy", test, KAGGLE, "test", note=note),
-        Reported("accuracy", simple, KAGGLE, "test_simple", note=note),
-    )
 
 
 class AsymmetricConv(nn.Module):
@@ -100,7 +91,7 @@ class MyCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def _mycnn_register(name, display, reported, description, **kwargs):
+def _mycnn_register(name, display, description, **kwargs):
     register_network(
         name,
         MyCNN,
@@ -108,10 +99,8 @@ def _mycnn_register(name, display, reported, description, **kwargs):
         display_name=display,
         family="residual custom CNN",
         recipe=RECIPE,
-        study=STUDY,
         target_layer="features.3",  # the last residual stage: 4x4 at 64 px
         adaptation=MYCNN_ADAPTATION,
-        reported=reported,
         description=description,
     )
 
@@ -119,7 +108,6 @@ def _mycnn_register(name, display, reported, description, **kwargs):
 _mycnn_register(
     "mycnn_v4",
     "MyCNN v4 (study 004)",
-    _test_and_simple(85.4, 74.6, "table 2 (74.7% in the changelog)"),
     "4 stride-2 conv stages (16-32-64-128), each followed by a 2-conv residual block; "
     "fc 128>512>classes.",
     convs_per_block=2,
@@ -127,14 +115,12 @@ _mycnn_register(
 _mycnn_register(
     "mycnn_v9",
     "MyCNN v9 (study 004)",
-    _test_and_simple(86.5, 84.5, "table 2; the study's best on TEST_SIMPLE"),
     "v4 with three 3x3 convs in each residual block.",
     convs_per_block=3,
 )
 _mycnn_register(
     "mycnn_v11",
     "MyCNN v11 (study 004)",
-    _test_and_simple(88.2, 78.9, "table 2"),
     "v9 with a fourth 3x3 conv in each residual block.",
     convs_per_block=4,
 )
@@ -147,15 +133,8 @@ register_network(
     display_name="ACNet (MyCNN v13, study 004)",
     family="residual custom CNN",
     recipe=RECIPE,
-    study=STUDY,
     target_layer="features.3",
     adaptation=MYCNN_ADAPTATION,
-    reported=_test_and_simple(
-        80.7,
-        50.7,
-        "MyCNN v13 (ACB in parallel). The text's 'ACNet "
-        "85.9% / 66.2%' is v12, whose ACB ran in series",
-    ),
     description="MyCNN v4 whose first residual block uses asymmetric convolution blocks "
     "(3x3 + 1x3 + 3x1 in parallel, summed), as in Ding et al. 2019.",
 )
@@ -211,9 +190,7 @@ for _depth, _test, _simple in ((1, 73.0, 63.4), (2, 87.0, 78.9), (3, 88.0, 85.9)
         display_name=f"Factorised {_k}x{_k} (study 004)",
         family="Inception-style",
         recipe=RECIPE,
-        study=STUDY,
         target_layer="features.4",  # last stage: 8x8 at 64 px
-        reported=_test_and_simple(_test, _simple, f"table 3, '{_k}x{_k} effective size'"),
         adaptation="layout (stem 32, stages 32-64-128, dense 128) is our reading of the "
         "study's prose; the study fed 80x60 images",
         description=f"1x1 bottleneck before {_depth} stacked 3x3 conv(s) (effective {_k}x{_k}) "
@@ -276,7 +253,6 @@ for _name, _sets, _desc in (
         display_name=f"{'ParaA' if _sets == 1 else 'ParaB'} towers (study 004)",
         family="Inception-style",
         recipe=RECIPE,
-        study=STUDY,
         target_layer=f"features.{1 + 2 * _sets}",  # the last set of towers, before its pool
         adaptation="tower widths (32 each) and the dense width (128) are ours; the study "
         "printed neither, nor ParaA/ParaB's accuracy (its table 4 is missing from the text)",
@@ -328,9 +304,7 @@ register_network(
     display_name="Autoencoder + classifier (study 004)",
     family="autoencoder",
     recipe=RECIPE,
-    study=STUDY,
     target_layer="pixels",
-    reported=_test_and_simple(25.1, 18.3, "Autoencoder_v1: predicted 'neutrophil' for all"),
     adaptation="input 3x64x64 = 12,288 values instead of the study's 230,400 (320x240x3). "
     "It has no conv layer, so Grad-CAM runs on the input pixels (gradient x input)",
     description="dense encoder (pixels>128>1024), decoder (1024>128>pixels), dropout 0.2 and a "

@@ -15,11 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bloodviz.models.pretrained import timm_model
-from bloodviz.models.registry import Reported, register_model
+from bloodviz.models.registry import register_model
 from bloodviz.models.resnet import SMALL_INPUT_ADAPTATION, adapt_resnet_stem
-
-STUDY = "000_e498d33e13dfbf2a.txt"
-KAGGLE_000 = "Kaggle blood-cells 120x120"
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1):
@@ -75,16 +72,10 @@ class SupConResNet(nn.Module):
     "supcon_resnet18",
     display_name="SupCon ResNet-18 + linear (study 000)",
     family="contrastive",
-    study=STUDY,
     target_layer="encoder.layer4",
     adaptation=SMALL_INPUT_ADAPTATION + "; encoder and linear probe trained together, the probe "
     "behind a stop-gradient; one view per image",
     pretrained_source="resnet18",
-    reported=(
-        Reported("train_accuracy", 99.06, KAGGLE_000, "train"),
-        Reported("accuracy", 92.73, KAGGLE_000, "validation"),
-        Reported("loss", 0.0273, KAGGLE_000, "validation", note="SupCon loss, not cross-entropy"),
-    ),
     description="ResNet-18 encoder (512-d) trained with the supervised contrastive loss "
     "(temperature 0.1) on a 512-512-128 projection head; a linear classifier on the encoder's "
     "features. The study named only 'ResNet'.",
