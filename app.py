@@ -6,31 +6,27 @@ from bloodviz import ui
 
 st.set_page_config(page_title="bloodviz", page_icon=":material/bloodtype:", layout="wide")
 
-pages = {
-    "Compare": [
-        st.Page(
-            "pages/leaderboard.py",
-            title="Leaderboard",
-            icon=":material/leaderboard:",
-            default=True,
-        ),
-        st.Page("pages/report.py", title="Model report", icon=":material/analytics:"),
-        st.Page("pages/head_to_head.py", title="Head-to-head", icon=":material/compare_arrows:"),
-        st.Page("pages/studies.py", title="Studies vs bloodviz", icon=":material/menu_book:"),
-    ],
-    "Inspect": [
-        st.Page(
-            "pages/gradcam.py", title="Grad-CAM explorer", icon=":material/local_fire_department:"
-        ),
-        st.Page("pages/upload.py", title="Upload and classify", icon=":material/upload:"),
-        st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
-        st.Page(
-            "pages/checkpoints.py",
-            title="Checkpoints and provenance",
-            icon=":material/table_chart:",
-        ),
-    ],
-}
-navigation = st.navigation(pages)
+
+def page(script: str, title: str, icon: str, **options) -> st.Page:
+    # app_pages/, not pages/: Streamlit treats a pages/ folder as legacy multipage mode
+    return st.Page(f"app_pages/{script}", title=title, icon=f":material/{icon}:", **options)
+
+
+navigation = st.navigation(
+    {
+        "Compare": [
+            page("leaderboard.py", "Leaderboard", "leaderboard", default=True),
+            page("report.py", "Model report", "analytics"),
+            page("head_to_head.py", "Head-to-head", "compare_arrows"),
+            page("studies.py", "Studies vs bloodviz", "menu_book"),
+        ],
+        "Inspect": [
+            page("gradcam.py", "Grad-CAM explorer", "local_fire_department"),
+            page("upload.py", "Upload and classify", "upload"),
+            page("data.py", "Data", "photo_library"),
+            page("checkpoints.py", "Checkpoints and provenance", "table_chart"),
+        ],
+    }
+)
 ui.sidebar_selection()  # drawn here so the choice carries across pages
 navigation.run()

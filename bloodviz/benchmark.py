@@ -9,9 +9,7 @@ Results are stored beside the checkpoint as ``bench-<device>.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -23,9 +21,8 @@ from torch.utils import benchmark as tbench
 from torch.utils.flop_counter import FlopCounterMode
 
 from bloodviz.checkpoints import Checkpoint, write_json
-from bloodviz.inference import hardware_info, softmax, versions
+from bloodviz.inference import export_onnx, hardware_info, onnx_session, softmax, versions
 from bloodviz.literature import reported_cost
-from bloodviz.paths import cache_root
 
 ONNX_TOLERANCE = 1e-4
 
@@ -52,46 +49,6 @@ def count_flops(model: torch.nn.Module, size: int) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size))
     return int(counter.get_total_flops())
-
-
-def onnx_path(ckpt: Checkpoint) -> Path:
-    weights = ckpt.weights_path
-    content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
-    digest = hashlib.sha1(content).hexdigest()[:12]
-    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.model}-{digest}.onnx"
-
-
-def export_onnx(ckpt: Checkpoint, model: torch.nn.Module | None = None) -> Path:
-    """Export (once, cached by weight hash) the checkpoint to ONNX with a dynamic batch axis."""
-    path = onnx_path(ckpt)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = (model or ckpt.cost_model()).eval()
-    size = ckpt.preprocessing.size
-    tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
-    # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
-    torch.onnx.export(
-        model,
-        torch.zeros(1, 3, size, size),
-        str(tmp),
-        dynamo=False,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-    )
-    os.replace(tmp, path)
-    return path
-
-
-def onnx_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def peak_rss(ckpt: Checkpoint | None, mode: str) -> dict:
@@ -244,12 +201,8 @@ def store(ckpt: Checkpoint, result: dict) -> Path:
 
 
 def load_bench(ckpt: Checkpoint, device: str = "cpu") -> dict | None:
-    """The stored benchmark, or None if there is none or it is damaged (rerun ``bench``)."""
-    path = ckpt.path / f"bench-{device}.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except json.JSONDecodeError:
-        return None
+    """The stored benchmark (see :meth:`Checkpoint.bench`)."""
+    return ckpt.bench(device)
 
 
 def format_table(results: list[dict]) -> str:

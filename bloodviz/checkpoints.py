@@ -220,6 +220,13 @@ def load_predictions(path: Path, class_names: tuple[str, ...]) -> Predictions:
 
 
 # -- reading checkpoints ----------------------------------------------------------------------
+def evaluation_splits(splits) -> list[str]:
+    """The splits a comparison offers, test first: every split but validation, which is
+    offered only where a checkpoint has nothing else (the one rule every page uses)."""
+    found = sorted(set(splits) - {"val"}, key=lambda s: (s != "test", s))
+    return found or sorted(set(splits))
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -244,6 +251,15 @@ class Checkpoint:
             p.stem.removeprefix("predictions-") for p in self.path.glob("predictions-*.csv")
         )
 
+    @property
+    def evaluation_splits(self) -> list[str]:
+        return evaluation_splits(self.splits)
+
+    @property
+    def default_split(self) -> str | None:
+        """The split a page shows first: test where there is one."""
+        return next(iter(self.evaluation_splits), None)
+
     def predictions(self, split: str) -> Predictions:
         path = self.path / f"predictions-{split}.csv"
         if not path.exists():
@@ -259,6 +275,15 @@ class Checkpoint:
     def eval_metrics(self) -> dict:
         """Metrics of the evaluation splits (everything but the validation split)."""
         return {split: m for split, m in self.metrics().items() if split != "val"}
+
+    def bench(self, device: str = "cpu") -> dict | None:
+        """The stored cost benchmark (``bench-<device>.json``), or None if there is none or it
+        is damaged (rerun ``python -m bloodviz bench``)."""
+        path = self.path / f"bench-{device}.json"
+        try:
+            return json.loads(path.read_text()) if path.exists() else None
+        except (json.JSONDecodeError, OSError):
+            return None
 
     def history(self) -> pd.DataFrame:
         path = self.path / "history.csv"

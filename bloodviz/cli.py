@@ -318,7 +318,7 @@ def _bench(args, command_line: str) -> int:
         return 2
     results = []
     if args.stored:
-        results = [r for c in chosen if (r := benchmark.load_bench(c, args.device))]
+        results = [r for c in chosen if (r := c.bench(args.device))]
     else:
         baseline = benchmark.peak_rss(None, "baseline") if args.device == "cpu" else None
         for ckpt in tqdm(chosen, desc="bench", disable=args.json):
@@ -391,7 +391,7 @@ def _gradcam(args) -> int:
     if args.target is not None and args.target not in classes:
         raise ValueError(f"--target must be one of {', '.join(classes)}")
     target = classes.index(args.target) if args.target else None
-    explainer = Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+    explainer = Explainer.from_checkpoint(ckpt)
     result = explainer.explain(cell, args.method, target, faithfulness=True)
     side = max(256, ckpt.size * 4)
     panel = np.concatenate([upscale(cell, side), upscale(result.overlay, side)], axis=1)

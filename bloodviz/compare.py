@@ -13,7 +13,6 @@ import pandas as pd
 from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from bloodviz.benchmark import load_bench
 from bloodviz.checkpoints import Checkpoint, Predictions
 from bloodviz.literature import reported_for, study_of
 from bloodviz.models import list_models, model_info
@@ -44,7 +43,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         if metrics is None:
             continue
         info = _info(ckpt.model)
-        bench = load_bench(ckpt) or {}
+        bench = ckpt.bench() or {}
         run = ckpt.run
         weights = ckpt.path / "model.safetensors"
         rows.append(
@@ -168,6 +167,29 @@ def cell_samples(preds: Predictions, true: int, predicted: int) -> pd.DataFrame:
         }
     )
     return frame.sort_values("p_predicted", ignore_index=True)
+
+
+def filter_cells(
+    preds: Predictions,
+    *,
+    true: int | None = None,
+    predicted: int | None = None,
+    outcome: str = "any",
+    confidence: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Sample ids whose true class, predicted class, outcome ('any', 'correct',
+    'misclassified') and top-class confidence (inclusive range) match."""
+    if outcome not in ("any", "correct", "misclassified"):
+        raise ValueError(f"outcome must be any, correct or misclassified, not {outcome!r}")
+    top = preds.probs.max(1)
+    mask = (top >= confidence[0]) & (top <= confidence[1])
+    if true is not None:
+        mask &= preds.labels == true
+    if predicted is not None:
+        mask &= preds.predicted == predicted
+    if outcome != "any":
+        mask &= (preds.predicted == preds.labels) == (outcome == "correct")
+    return preds.ids[mask]
 
 
 @dataclass

@@ -78,6 +78,11 @@ class Explainer:
         self.layer = resolve_target_layer(model, model_name)
         self._cams: dict = {}
 
+    @classmethod
+    def from_checkpoint(cls, ckpt) -> Explainer:
+        """The explainer of a :class:`bloodviz.checkpoints.Checkpoint`'s trained network."""
+        return cls(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+
     def _cam(self, method: str):
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose from {list(CAM_METHODS)}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from bloodviz.paths import REPO_ROOT
+from bloodviz.paths import REPO_ROOT, cache_root
 from bloodviz.preprocess import Preprocessing
 
 
@@ -111,3 +113,45 @@ def versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+# -- ONNX Runtime: what serving uses where the benchmark found it faster ---------------------
+def onnx_path(ckpt) -> Path:
+    """Where a checkpoint's ONNX export is cached, keyed on its weights' hash."""
+    weights = ckpt.weights_path
+    content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
+    digest = hashlib.sha1(content).hexdigest()[:12]
+    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.model}-{digest}.onnx"
+
+
+def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
+    """Export (once, cached by weight hash) the checkpoint to ONNX with a dynamic batch axis."""
+    path = onnx_path(ckpt)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = (model or ckpt.cost_model()).eval()
+    size = ckpt.preprocessing.size
+    tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
+    # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, size, size),
+        str(tmp),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def onnx_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

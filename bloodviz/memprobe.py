@@ -45,7 +45,7 @@ def main(argv: list[str]) -> dict:
         try:
             from bloodviz.data import get_dataset
 
-            split = "test" if "test" in ckpt.splits else ckpt.splits[0]
+            split = ckpt.default_split
             sample = ckpt.predictions(split).ids[0]
             dataset = get_dataset(ckpt.dataset, ckpt.size)
             image = prep.prepare(dataset.open_image(sample), dataset.default_framing)

@@ -139,6 +139,26 @@ def per_class_bars(per_class: dict[str, dict], metric: str = "f1") -> go.Figure:
     return _style(fig, f"Per-class {metric}")
 
 
+def probability_bars(probs: dict[str, np.ndarray], class_names) -> go.Figure:
+    """One image's class probabilities under each model (and an ensemble): {model: probs}."""
+    rows = [
+        {"model": model, "class": cls, "probability": float(p)}
+        for model, values in probs.items()
+        for cls, p in zip(class_names, values)
+    ]
+    fig = px.bar(
+        pd.DataFrame(rows),
+        x="probability",
+        y="class",
+        color="model",
+        barmode="group",
+        orientation="h",
+        range_x=[0, 1],
+        color_discrete_sequence=PALETTE,
+    )
+    return _style(fig, "Class probabilities", height=300)
+
+
 def confusion_heatmap(
     cm: np.ndarray, class_names: list[str] | tuple[str, ...], normalise: bool = False
 ) -> go.Figure:

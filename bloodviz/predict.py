@@ -92,9 +92,9 @@ class Runner:
         self._session = None
         self._model = None
         if prefer_onnx:
-            from bloodviz.benchmark import export_onnx, load_bench, onnx_session
+            from bloodviz.inference import export_onnx, onnx_session
 
-            bench = load_bench(ckpt)
+            bench = ckpt.bench()
             if bench and bench.get("use_onnx"):
                 self._session = onnx_session(export_onnx(ckpt), bench.get("threads", 1))
                 self.backend = "onnxruntime"

@@ -53,9 +53,7 @@ def train_step_speed(
     network = network.to(memory_format=memory)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, size, size, generator=generator).contiguous(
-        memory_format=memory
-    )
+    x = torch.randn(batch_size, 3, size, size, generator=generator).contiguous(memory_format=memory)
     y = torch.randint(0, num_classes, (batch_size,), generator=generator)
 
     def step() -> None:

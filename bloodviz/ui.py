@@ -11,23 +11,6 @@ import streamlit as st
 
 from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
 
-
-def _pages_are_navigation_pages() -> None:
-    """``pages/`` holds st.navigation pages. Until the first st.navigation call in a server
-    process, Streamlit also takes a ``pages/`` folder for its legacy multipage mode, so a deep
-    link (``/report``) as a fresh server's first request runs that page alone, without app.py
-    and its sidebar (streamlit#9446). Clearing the flag here, and rerunning such a run through
-    the entry script (:func:`current_selection`), gives the same app at every address."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-
-        PagesManager.uses_pages_directory = False
-    except (ImportError, AttributeError):  # a Streamlit without that flag has no such mode
-        pass
-
-
-_pages_are_navigation_pages()
-
 # loaded networks (and ONNX sessions) kept at once: each is up to ~100 MB, and Streamlit
 # Community Cloud gives an app about 1-2.7 GB, most of which torch's import already takes
 MODELS_IN_MEMORY = 6
@@ -97,7 +80,7 @@ def _explainer(path: str, written: int):
     from bloodviz.explain import Explainer
 
     ckpt = checkpoint(path)
-    loaded = Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+    loaded = Explainer.from_checkpoint(ckpt)
     release_freed_memory()
     return loaded
 
@@ -153,9 +136,9 @@ def best_models(paths: tuple[str, ...], count: int = DEFAULT_MODELS) -> list[str
 def _best_models(paths: tuple[str, ...], written: tuple[int, ...], count: int) -> list[str]:
 
     def accuracy(path: str) -> float:
-        metrics = checkpoint(path).eval_metrics()
-        split = "test" if "test" in metrics else next(iter(metrics), None)
-        return metrics[split]["accuracy"] if split else 0.0
+        ckpt = checkpoint(path)
+        metrics = ckpt.metrics().get(ckpt.default_split)
+        return metrics["accuracy"] if metrics else 0.0
 
     ranked = sorted(paths, key=accuracy, reverse=True)
     return [checkpoint(p).name for p in ranked[:count]]
@@ -174,8 +157,6 @@ def train_hint(dataset_key: str | None = None) -> str:
 
 def current_selection() -> tuple[str | None, list[Checkpoint]]:
     """What the sidebar has chosen on this run."""
-    if "_selection" not in st.session_state:  # run without app.py: see above
-        st.rerun()
     key, paths = st.session_state["_selection"]
     return key, [checkpoint(p) for p in paths]
 

@@ -52,21 +52,3 @@ def small_pbc(tmp_path, data_root) -> Path:
         writer.writeheader()
         writer.writerows(chosen)
     return out
-
-
-@pytest.fixture()
-def navigation_app(monkeypatch):
-    """Make AppTest treat app.py as the st.navigation app it is.
-
-    The real server ignores pages/ once st.navigation runs. AppTest resets its "legacy pages/
-    directory" flag before every run and, finding our pages/ folder, runs a page's file alone,
-    without app.py's sidebar (streamlit#9446). Hiding the folder from that one check restores
-    the server's behaviour.
-    """
-    import streamlit.runtime.pages_manager as pages_manager
-
-    class NoLegacyPagesDir(type(Path())):
-        def exists(self, *args, **kwargs):
-            return False if self.name == "pages" else super().exists(*args, **kwargs)
-
-    monkeypatch.setattr(pages_manager, "Path", NoLegacyPagesDir)

@@ -15,9 +15,6 @@ def store(tmp_path_factory):
     return train_tiny(tmp_path_factory, datasets=("pbc", "blood-cells"))[0]
 
 
-pytestmark = pytest.mark.usefixtures("navigation_app")
-
-
 def _dataset_box(app):
     return dataset_box(app)
 
@@ -30,14 +27,14 @@ def test_empty_store_explains_how_to_train(monkeypatch, tmp_path):
     app = _app(monkeypatch, tmp_path).run()
     assert not app.exception
     assert any("python -m bloodviz train" in info.value for info in app.info)
-    app.switch_page("pages/upload.py").run()
+    app.switch_page("app_pages/upload.py").run()
     assert not app.exception
     assert any("python -m bloodviz train" in info.value for info in app.info)
 
 
 def test_checkpoint_table_lists_and_filters(monkeypatch, store):
     app = _app(monkeypatch, store).run()
-    app.switch_page("pages/checkpoints.py").run()
+    app.switch_page("app_pages/checkpoints.py").run()
     assert not app.exception
     table = app.dataframe[0].value
     assert set(table["dataset"]) == {"pbc-64", "blood-cells-64"}
@@ -48,7 +45,7 @@ def test_checkpoint_table_lists_and_filters(monkeypatch, store):
 
 def test_gradcam_page_draws_maps_and_reacts(monkeypatch, store):
     app = _app(monkeypatch, store).run()
-    app.switch_page("pages/gradcam.py").run()
+    app.switch_page("app_pages/gradcam.py").run()
     assert not app.exception
     one_method = len(app.get("image"))
     assert one_method >= 2  # the cell and one overlay
@@ -66,7 +63,7 @@ def test_gradcam_page_draws_maps_and_reacts(monkeypatch, store):
     _dataset_box(app).set_value("pbc-64").run()
     assert not app.exception
     assert "basophil" in next(s for s in app.selectbox if s.label == "True class").options
-    app.switch_page("pages/upload.py").run()
+    app.switch_page("app_pages/upload.py").run()
     assert _dataset_box(app).value == "pbc-64"
     assert any("trained on **pbc-64**" in c.value for c in app.caption)
 
@@ -74,7 +71,7 @@ def test_gradcam_page_draws_maps_and_reacts(monkeypatch, store):
 def test_upload_page_classifies_real_images_and_reports_bad_ones(monkeypatch, store, data_root):
     app = _app(monkeypatch, store).run()
     _dataset_box(app).set_value("pbc-64").run()
-    app.switch_page("pages/upload.py").run()
+    app.switch_page("app_pages/upload.py").run()
     assert not app.exception
     original = (data_root / "pbc-originals" / "monocyte").iterdir().__next__().read_bytes()
     app.file_uploader[0].set_value(
@@ -113,7 +110,7 @@ def test_page_and_cli_agree_on_the_same_image(monkeypatch, store, data_root, tmp
     cli = pd.read_csv(out).iloc[0]
     app = _app(monkeypatch, store).run()
     _dataset_box(app).set_value("pbc-64").run()
-    app.switch_page("pages/upload.py").run()
+    app.switch_page("app_pages/upload.py").run()
     app.file_uploader[0].set_value([(image.name, image.read_bytes(), "image/jpeg")]).run()
     assert not app.exception
     page = app.dataframe[0].value.iloc[0]
@@ -127,6 +124,6 @@ def test_gradcam_filters_preset_from_query(monkeypatch, store):
     app.query_params["true"] = "eosinophil"
     app.query_params["pred"] = "eosinophil"
     app.run()
-    app.switch_page("pages/gradcam.py").run()
+    app.switch_page("app_pages/gradcam.py").run()
     assert not app.exception
     assert next(s for s in app.selectbox if s.label == "True class").value == "eosinophil"

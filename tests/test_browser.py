@@ -24,7 +24,7 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from bloodviz.serve import CHROMIUM_ARGS, AppDidNotStart, running_app  # noqa: E402
+from tools.serve import CHROMIUM_ARGS, AppDidNotStart, running_app  # noqa: E402
 
 # first page loads import torch and load models on a 2-core machine: allow time
 expect.set_options(timeout=90_000)

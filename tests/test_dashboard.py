@@ -3,8 +3,6 @@
 import pytest
 from helpers import app_test, dataset_box, train_tiny
 
-pytestmark = pytest.mark.usefixtures("navigation_app")
-
 MODELS = ("cnn_baseline", "cnn002_4layer")
 
 
@@ -54,7 +52,7 @@ def test_leaderboard_without_benchmarks_says_which_command(monkeypatch, store):
 
 
 def test_report_page_tables_charts_and_confusion_cell(monkeypatch, store):
-    app = _open(monkeypatch, store, "pages/report.py")
+    app = _open(monkeypatch, store, "app_pages/report.py")
     report = app.dataframe[0].value
     assert list(report["class"][-2:]) == ["macro avg", "weighted avg"]
     assert len(report) == 8 + 2
@@ -72,7 +70,7 @@ def test_report_page_tables_charts_and_confusion_cell(monkeypatch, store):
 
 
 def test_head_to_head_runs_mcnemar_and_lists_disagreements(monkeypatch, store):
-    app = _open(monkeypatch, store, "pages/head_to_head.py", dataset="blood-cells-64")
+    app = _open(monkeypatch, store, "app_pages/head_to_head.py", dataset="blood-cells-64")
     metrics = {m.label: m.value for m in app.metric}
     assert "McNemar exact p" in metrics
     disagree = int(metrics["Cells they disagree on"])
@@ -88,13 +86,13 @@ def test_head_to_head_needs_two_models(monkeypatch, store):
     app = _open(monkeypatch, store)
     next(m for m in app.sidebar.multiselect if m.label == "Models").set_value(["cnn_baseline"])
     app.run()
-    app.switch_page("pages/head_to_head.py").run()
+    app.switch_page("app_pages/head_to_head.py").run()
     assert not app.exception
     assert any("at least 2 model" in i.value for i in app.info)
 
 
 def test_studies_page_compares_like_with_like(monkeypatch, store):
-    app = _open(monkeypatch, store, "pages/studies.py")
+    app = _open(monkeypatch, store, "app_pages/studies.py")
     table = app.dataframe[0].value
     row = table[(table["model"] == "cnn002_4layer") & (table["metric"] == "accuracy")].iloc[0]
     assert row["reported"] == 88.78 and row["bloodviz on"].startswith("pbc-64 / test")
@@ -106,7 +104,7 @@ def test_studies_page_compares_like_with_like(monkeypatch, store):
 
 
 def test_data_page_balance_and_gallery(monkeypatch, store):
-    app = _open(monkeypatch, store, "pages/data.py")
+    app = _open(monkeypatch, store, "app_pages/data.py")
     counts = app.dataframe[0].value
     assert counts.loc["total", "test"] > 3000  # the real PBC test split, not the tiny subset
     images = len(app.get("image"))
@@ -152,11 +150,11 @@ def test_a_predictions_only_checkpoint_is_compared_but_not_run(monkeypatch, stor
     app = _open(monkeypatch, copy)
     table = app.dataframe[0].value.set_index("name")
     assert sorted(table["weights"]) == ["predictions only", "shipped"]
-    for page in ("pages/gradcam.py", "pages/upload.py"):
+    for page in ("app_pages/gradcam.py", "app_pages/upload.py"):
         app.switch_page(page).run()
         assert not app.exception, app.exception
         notes = " ".join(c.value for c in app.caption)
         assert "cnn002_4layer** is left out here" in notes and "109 MB" in notes
-    app.switch_page("pages/report.py").run()
+    app.switch_page("app_pages/report.py").run()
     _box(app, "Model").set_value("cnn002_4layer").run()
     assert any(c.value.startswith("Predictions only: its fp16") for c in app.caption)

@@ -120,7 +120,7 @@ def test_batch_keeps_going_and_rows_are_complete(ckpt, original):
 def test_onnx_runner_agrees_with_pytorch(ckpt, original):
     import json
 
-    from bloodviz.benchmark import export_onnx, onnx_session
+    from bloodviz.inference import export_onnx, onnx_session
 
     runner = Runner(ckpt, prefer_onnx=False)
     cell = ckpt.preprocessing.prepare(original, "full")[None]

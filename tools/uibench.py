@@ -1,6 +1,6 @@
 """Interactive-path benchmark: CAM methods, first overlay, single and batch classification.
 
-``python -m bloodviz.uibench --dataset pbc-64 --model resnet18`` prints
+``python -m tools.uibench --dataset pbc-64 --model resnet18`` prints
 - per CAM method: median and IQR of one map on one real test cell after warm-up;
 - the first overlay in a fresh process, from loading the checkpoint to the overlay;
 - one upload (decode, frame, classify) after warm-up, through the runner the app uses;
@@ -47,7 +47,7 @@ t1 = time.perf_counter()
 ckpt = open_checkpoint({path!r})
 data = get_dataset(ckpt.dataset, ckpt.size)
 cell = ckpt.preprocessing.prepare(data.open_image({sample!r}), data.default_framing)
-Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing).explain(cell, "gradcam")
+Explainer.from_checkpoint(ckpt).explain(cell, "gradcam")
 t2 = time.perf_counter()
 print(json.dumps({{"imports": t1 - t0, "after_imports": t2 - t1, "total": t2 - t0}}))
 """
@@ -56,7 +56,7 @@ print(json.dumps({{"imports": t1 - t0, "after_imports": t2 - t1, "total": t2 - t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bloodviz.uibench")
+    parser = argparse.ArgumentParser(prog="python -m tools.uibench")
     parser.add_argument("--dataset", default="pbc-64", help="dataset key, e.g. pbc-64")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--threads", type=int, default=None)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     cell = ckpt.preprocessing.prepare(data.open_image(sample), data.default_framing)
     print(f"{args.model} on {args.dataset}, cell {sample}, torch threads {torch.get_num_threads()}")
 
-    explainer = Explainer(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
+    explainer = Explainer.from_checkpoint(ckpt)
     print(f"{'method':14s} {'median ms':>10s} {'IQR ms':>8s} {'runs':>5s}")
     for method in CAM_METHODS:
         repeats = args.slow_repeats if method in SLOW_METHODS else args.repeats

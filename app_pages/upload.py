@@ -1,10 +1,10 @@
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from bloodviz import ui
 from bloodviz.explain import upscale
+from bloodviz.plots import probability_bars
 from bloodviz.predict import classify, result_rows
 
 st.title("Upload and classify")
@@ -62,24 +62,8 @@ for result in results[:20]:
     probs = dict(result.per_model)
     if len(probs) > 1:
         probs["ensemble"] = result.ensemble
-    frame = pd.DataFrame(
-        [
-            {"model": m, "class": c, "probability": float(p)}
-            for m, ps in probs.items()
-            for c, p in zip(classes, ps)
-        ]
-    )
-    chart = px.bar(
-        frame,
-        x="probability",
-        y="class",
-        color="model",
-        barmode="group",
-        orientation="h",
-        range_x=[0, 1],
-        height=300,
-    )
-    right.plotly_chart(chart, width="stretch")
+    with right:
+        ui.chart(probability_bars(probs, classes), key=f"probs-{result.name}")
     for model, notes in result.warnings.items():
         for note in notes:
             st.warning(f"{model}: {note}")

@@ -31,8 +31,7 @@ model = c1.selectbox(
     key="report_model",
 )
 ckpt = by_name[model]
-splits = [s for s in ckpt.splits if s != "val"] or ckpt.splits
-split = c2.selectbox("Split", splits, key="report_split")
+split = c2.selectbox("Split", ckpt.evaluation_splits, key="report_split")
 metrics = ckpt.metrics()[split]
 preds = ui.predictions(str(ckpt.path), split)
 classes = list(ckpt.preprocessing.class_names)

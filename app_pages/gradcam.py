@@ -5,6 +5,7 @@ import streamlit as st
 from PIL import Image
 
 from bloodviz import ui
+from bloodviz.compare import filter_cells
 from bloodviz.explain import CAM_METHODS, SLOW_METHODS, upscale
 from bloodviz.paths import DataNotFoundError
 
@@ -27,9 +28,8 @@ except (DataNotFoundError, ValueError) as exc:
     )
     st.stop()
 
-split = "test" if "test" in first.splits else first.splits[0]
-preds = first.predictions(split)
-confidence = preds.probs.max(1)
+split = first.default_split
+preds = ui.predictions(str(first.path), split)
 with st.expander("Pick a test cell", expanded=True):
     # ?true=<class>&pred=<class> presets the filters: a confusion-matrix cell links here
     options = ["any", *classes]
@@ -45,15 +45,14 @@ with st.expander("Pick a test cell", expanded=True):
         index=options.index(preset_pred) if preset_pred in options else 0,
     )
     outcome = c3.selectbox("Outcome", ["any", "correct", "misclassified"])
-    low, high = c4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05)
-    mask = (confidence >= low) & (confidence <= high)
-    if true_class != "any":
-        mask &= preds.labels == classes.index(true_class)
-    if pred_class != "any":
-        mask &= preds.predicted == classes.index(pred_class)
-    if outcome != "any":
-        mask &= (preds.predicted == preds.labels) == (outcome == "correct")
-    candidates = preds.ids[mask]
+    confidence = c4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05)
+    candidates = filter_cells(
+        preds,
+        true=None if true_class == "any" else classes.index(true_class),
+        predicted=None if pred_class == "any" else classes.index(pred_class),
+        outcome=outcome,
+        confidence=confidence,
+    )
     st.caption(f"{len(candidates)} of {len(preds.ids)} {split} cells match.")
     if len(candidates) == 0:
         st.stop()

@@ -1,6 +1,7 @@
 import streamlit as st
 
 from bloodviz import ui
+from bloodviz.checkpoints import evaluation_splits
 from bloodviz.compare import COST_COLUMNS, QUALITY_COLUMNS
 from bloodviz.plots import parallel_coordinates, tradeoff_scatter
 
@@ -8,16 +9,11 @@ st.title("Leaderboard")
 key, ckpts = ui.current_selection()
 ui.need_models(key, ckpts)
 
-splits = sorted({s for c in ckpts for s in c.splits if s != "val"})
+splits = evaluation_splits({s for c in ckpts for s in c.splits})
 if not splits:
-    st.info("The chosen checkpoints have predictions for no evaluation split.")
+    st.info("The chosen checkpoints have predictions for no split.")
     st.stop()
-split = (
-    st.segmented_control(
-        "Evaluated on", splits, default="test" if "test" in splits else splits[0], key="lb_split"
-    )
-    or splits[0]
-)
+split = st.segmented_control("Evaluated on", splits, default=splits[0], key="lb_split") or splits[0]
 board = ui.leaderboard(ui.paths(ckpts), split)
 if board.empty:
     st.info(f"No chosen model has predictions for {split}.")

@@ -1,6 +1,6 @@
 """Dashboard benchmark: page render times from cache, and the running app's memory.
 
-``python -m bloodviz.pagebench`` starts ``streamlit run app.py`` on the shipped checkpoints and
+``python -m tools.pagebench`` starts ``streamlit run app.py`` on the shipped checkpoints and
 drives Debian's chromium through it with Playwright. For every dataset and every checkpoint
 (chosen alone in the sidebar) it opens every page, uploads one real test image on the upload
 page, and records how long each page took from the click until the script finished running
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bloodviz.checkpoints import list_checkpoints
 from bloodviz.inference import hardware_info, versions
-from bloodviz.serve import CHROMIUM_ARGS, running_app
+from tools.serve import CHROMIUM_ARGS, running_app
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [
@@ -127,7 +127,7 @@ def _browse(url: str, pid: int, by_dataset: dict, upload: dict, args) -> tuple[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bloodviz.pagebench")
+    parser = argparse.ArgumentParser(prog="python -m tools.pagebench")
     parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--limit", type=int, default=None, help="checkpoints per dataset")

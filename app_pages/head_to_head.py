@@ -1,6 +1,7 @@
 import streamlit as st
 
 from bloodviz import ui
+from bloodviz.checkpoints import evaluation_splits
 from bloodviz.compare import align, disagreements, mcnemar, per_class_deltas
 from bloodviz.plots import delta_bars
 
@@ -17,7 +18,7 @@ name_b = c2.selectbox(
     "Model B", [n for n in names if n != name_a], index=0, format_func=label, key="h2h_b"
 )
 a_ckpt, b_ckpt = by_name[name_a], by_name[name_b]
-splits = sorted((set(a_ckpt.splits) & set(b_ckpt.splits)) - {"val"}) or ["val"]
+splits = evaluation_splits(set(a_ckpt.splits) & set(b_ckpt.splits))
 split = c3.selectbox("Split", splits, key="h2h_split")
 
 pa, pb = align(ui.predictions(str(a_ckpt.path), split), ui.predictions(str(b_ckpt.path), split))
