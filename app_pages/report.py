@@ -107,7 +107,7 @@ with tab_confusion:
         "(click a matrix cell, or choose above; least confident first)."
     )
     st.page_link(
-        "pages/gradcam.py",
+        "app_pages/gradcam.py",
         label="Explain these cells with Grad-CAM",
         icon=":material/local_fire_department:",
         query_params={"true": true_name, "pred": pred_name},

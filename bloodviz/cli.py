@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, help="model names, or all")
     _add_training_args(p)
     p.add_argument("--checkpoints", type=Path, default=None)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the models as Ray tasks on a local Ray instance with N one-thread workers",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join an existing Ray cluster (e.g. ray://head:10001 or auto) instead",
+    )
 
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
     p.add_argument("--json", action="store_true")
@@ -208,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoints=args.checkpoints,
                 command=command_line,
                 fresh=args.fresh,
+                workers=args.workers,
+                ray_address=args.ray_address,
                 **_training_settings(args),
             )
             for name, what in outcome.items():

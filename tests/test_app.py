@@ -6,6 +6,8 @@ import pytest
 from helpers import app_test, dataset_box, run_bloodviz, train_tiny
 from streamlit.testing.v1 import AppTest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -28,6 +28,7 @@ def test_flops_match_a_hand_count():
     assert benchmark.count_flops(conv, 28) == 2 * 8 * 28 * 28 * 27
 
 
+@pytest.mark.slow
 def test_bench_command_stores_and_shows(ckpt):
     root, env = ckpt
     args = [
@@ -68,6 +69,7 @@ def test_bench_command_stores_and_shows(ckpt):
     assert json.loads(shown.stdout)[0]["measured_at"] == stored["measured_at"]
 
 
+@pytest.mark.slow
 def test_memory_probe_is_not_inflated_by_its_parent(ckpt):
     """A probe started by a process holding 1.5 GB must not report the parent's peak."""
     root, env = ckpt
@@ -95,6 +97,7 @@ def test_memory_probe_is_not_inflated_by_its_parent(ckpt):
     assert abs(nested_mb - alone_mb) < 100, (alone_mb, nested_mb)
 
 
+@pytest.mark.slow
 def test_a_damaged_benchmark_file_reads_as_none(tmp_path, ckpt):
     import shutil
 

@@ -26,6 +26,8 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tools.serve import CHROMIUM_ARGS, AppDidNotStart, running_app  # noqa: E402
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 # first page loads import torch and load models on a 2-core machine: allow time
 expect.set_options(timeout=90_000)
 

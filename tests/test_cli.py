@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -26,6 +28,7 @@ def test_datasets_lists_the_shared_data(data_root):
     assert "bloodmnist   not available" in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_data_root_is_a_clear_error(tmp_path):
     result = run(
         "train",

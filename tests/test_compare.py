@@ -129,6 +129,7 @@ def two_models(tmp_path_factory):
     )[0]
 
 
+@pytest.mark.slow
 def test_leaderboard_and_studies_table_from_real_checkpoints(two_models):
     ckpts = list_checkpoints(two_models)
     board = leaderboard(ckpts, "test")

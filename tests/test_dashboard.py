@@ -3,6 +3,8 @@
 import pytest
 from helpers import app_test, dataset_box, train_tiny
 
+pytestmark = pytest.mark.slow
+
 MODELS = ("cnn_baseline", "cnn002_4layer")
 
 

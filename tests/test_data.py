@@ -41,6 +41,7 @@ def test_pbc_load_split_limited(data_root, size):
     assert arrays.images.std() > 20
 
 
+@pytest.mark.slow
 def test_pbc_plain_originals_framed_like_manifest_crops(data_root):
     """A plain PBC download (360x363 originals) gets MedMNIST's crop and our split."""
     plain = get_dataset("pbc", 64, data_root / "pbc-originals")

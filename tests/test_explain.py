@@ -15,6 +15,7 @@ def cell(data_root):
     return ds, ds.preprocessing().prepare(ds.open_image(ds.sample_ids("test")[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_gives_a_non_constant_cam(name, cell):
     ds, image = cell
@@ -39,6 +40,7 @@ def test_every_model_gives_a_non_constant_cam(name, cell):
     assert max(spreads) > 1e-3, spreads
 
 
+@pytest.mark.slow
 def test_all_methods_and_faithfulness(cell):
     ds, image = cell
     torch.manual_seed(0)

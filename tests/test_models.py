@@ -92,6 +92,8 @@ def test_recipe_defaults_and_explicit_settings():
     assert TrainConfig.for_model("cnn_baseline", "pbc", lr=None).lr == 2e-3
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_pretrained_is_never_silent(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODVIZ_PRETRAINED_DIR", str(tmp_path / "none"))
     with pytest.raises(PretrainedUnavailable, match="BLOODVIZ_PRETRAINED_DIR"):
@@ -100,6 +102,8 @@ def test_pretrained_is_never_silent(tmp_path, monkeypatch):
         create_model("cnn002_bn", 8, 64, pretrained=True)
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_pretrained_run_from_a_local_weights_file(tmp_path):
     import timm
     from safetensors.torch import save_file

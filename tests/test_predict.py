@@ -10,6 +10,8 @@ from PIL import Image
 from bloodviz.checkpoints import open_checkpoint
 from bloodviz.predict import InputError, Runner, classify, read_image, result_rows
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ckpt_root(tmp_path_factory):

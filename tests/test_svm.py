@@ -43,6 +43,8 @@ def test_without_a_resnet50_checkpoint_the_error_says_what_to_train(tmp_path, da
         train(config, str(data_root), tmp_path / "ck", progress=False, log=str)
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_fit_writes_a_predictions_only_checkpoint(tmp_path, monkeypatch, data_root):
     monkeypatch.setattr(
         svm, "feature_network", lambda *args: (TinyFeatures(), "a tiny stand-in network")
