@@ -1,7 +1,11 @@
 """Saliency with pytorch-grad-cam: CAM methods, overlays and a faithfulness score.
 
 Every registered model declares its ``target_layer`` (a dotted module path) in the registry;
-:class:`Explainer` resolves it and keeps one CAM object per method so hooks are set up once.
+:class:`Explainer` resolves it. Each map is computed by a CAM object made for that call whose
+hooks are released after it, so no forward hook outlives the call: cached
+CAM objects kept hooks on the model, and every later forward pass appended activations to all
+of them (memory grew about 1.4 MB a call in the app). One lock per explainer serialises the
+passes through its model, so sessions sharing a cached explainer never mix their activations.
 Faithfulness uses the library's ROAD metrics (Rong et al. 2022): the change in the target's
 softmax score when the most (MoRF) or least (LeRF) relevant pixels are imputed away. A telling
 map drops confidence under MoRF and keeps it under LeRF, so ``LeRF - MoRF`` is higher for
@@ -10,6 +14,7 @@ maps that point at what the model really uses.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -76,26 +81,25 @@ class Explainer:
         self.model_name = model_name
         self.prep = prep
         self.layer = resolve_target_layer(model, model_name)
-        self._cams: dict = {}
+        self._lock = threading.Lock()  # one pass through the shared model at a time
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> Explainer:
         """The explainer of a :class:`bloodviz.checkpoints.Checkpoint`'s trained network."""
         return cls(ckpt.load_model(), ckpt.model, ckpt.preprocessing)
 
-    def _cam(self, method: str):
+    def _new_cam(self, method: str):
+        """A CAM object for one call; release its hooks when the call is done."""
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose from {list(CAM_METHODS)}")
-        if method not in self._cams:
-            cls = CAM_METHODS[method][1]
-            cam = cls(model=self.model, target_layers=[self.layer])
-            if method in SLOW_METHODS:
-                cam.batch_size = 64
-            self._cams[method] = cam
-        return self._cams[method]
+        cam = CAM_METHODS[method][1](model=self.model, target_layers=[self.layer])
+        if method in SLOW_METHODS:
+            cam.batch_size = 64
+        return cam
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        return self._probabilities(self.prep.normalize(image))
+        with self._lock:
+            return self._probabilities(self.prep.normalize(image))
 
     def _probabilities(self, tensor: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -110,19 +114,30 @@ class Explainer:
         faithfulness: bool = False,
     ) -> Explanation:
         tensor = self.prep.normalize(image)
-        probs = self._probabilities(tensor)
-        target = int(np.argmax(probs)) if target is None else int(target)
-        tick = time.perf_counter()
-        grayscale = self._cam(method)(input_tensor=tensor, targets=[ClassifierOutputTarget(target)])
-        seconds = time.perf_counter() - tick
-        cam = np.nan_to_num(grayscale[0].astype(np.float32))
+        with self._lock:
+            probs = self._probabilities(tensor)
+            target = int(np.argmax(probs)) if target is None else int(target)
+            tick = time.perf_counter()
+            cam_object = self._new_cam(method)
+            try:
+                grayscale = cam_object(
+                    input_tensor=tensor, targets=[ClassifierOutputTarget(target)]
+                )
+            finally:
+                # what the library's context manager does on exit, minus its swallowing of
+                # IndexError (which would leave no map and hide why)
+                cam_object.activations_and_grads.release()
+            seconds = time.perf_counter() - tick
+            cam = np.nan_to_num(grayscale[0].astype(np.float32))
+            road = self._faithfulness(tensor, cam, target) if faithfulness else None
         overlay = show_cam_on_image(image.astype(np.float32) / 255.0, cam, use_rgb=True)
-        result = Explanation(method, target, probs, cam, overlay, seconds)
-        if faithfulness:
-            result.faithfulness = self.faithfulness(tensor, cam, target)
-        return result
+        return Explanation(method, target, probs, cam, overlay, seconds, road)
 
     def faithfulness(self, tensor: torch.Tensor, cam: np.ndarray, target: int) -> dict:
+        with self._lock:
+            return self._faithfulness(tensor, cam, target)
+
+    def _faithfulness(self, tensor: torch.Tensor, cam: np.ndarray, target: int) -> dict:
         targets = [ClassifierOutputSoftmaxTarget(target)]
         cams = cam[None]
         morf = ROADMostRelevantFirst(percentile=ROAD_PERCENTILE)(tensor, cams, targets, self.model)
