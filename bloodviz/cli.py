@@ -355,16 +355,10 @@ def _bench(args, command_line: str) -> int:
 
 def _predict(args) -> int:
     from bloodviz.checkpoints import find_checkpoint
-    from bloodviz.predict import Runner, classify, result_rows, write_csv
+    from bloodviz.predict import Runner, classify, read_paths, result_rows, write_csv
 
     ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.model]
-    files = []
-    for path in args.paths:
-        try:
-            files.append((str(path), path.read_bytes()))
-        except OSError as exc:
-            files.append((str(path), b""))
-            print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+    files = read_paths(args.paths)
     runners = {c.model: Runner(c, prefer_onnx=not args.pytorch) for c in ckpts}
     results = classify(files, ckpts, runners, framing=args.framing)
     classes = ckpts[0].preprocessing.class_names

@@ -21,6 +21,9 @@ from bloodviz.preprocess import Framing
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000  # a 6000x6000 photo passes; decompression bombs do not
+MIN_SIDE = 16  # BloodMNIST's 28 px cells pass; a 1x1 or 8x8 file cannot show a cell
+MAX_ASPECT = 8  # a 640x480 field or a 320x240 crop pass; a 20000x3 strip does not
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"}
 # An image is flagged as unlike the training data when its top probability is below the
 # confidence that this share of validation images reach.
@@ -62,6 +65,17 @@ def read_image(data: bytes, name: str = "upload") -> Image.Image:
                     f"{name}: an {kind} {fmt} with {frames} frames; upload single images"
                 )
             image.load()
+        short, long = sorted(image.size)
+        if long > MAX_ASPECT * short:
+            raise InputError(
+                f"{name}: a {image.width}x{image.height} strip is not a microscope image "
+                f"(its sides differ more than {MAX_ASPECT}-fold)"
+            )
+        if short < MIN_SIDE:
+            raise InputError(
+                f"{name}: {image.width}x{image.height} pixels is too small to show a cell "
+                f"(at least {MIN_SIDE} pixels a side)"
+            )
     except InputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -73,6 +87,35 @@ def read_image(data: bytes, name: str = "upload") -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: the image is truncated or corrupt ({exc})") from exc
     return image
+
+
+def read_paths(paths: list[Path]) -> list[tuple[str, bytes | InputError]]:
+    """The files to classify, as (name, bytes) or (name, the reason it cannot be read).
+
+    A folder stands for the image files in it (and its subfolders), sorted; nothing given is
+    dropped silently, so every path gets a result row.
+    """
+    files: list[tuple[str, bytes | InputError]] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                files.append((str(path), InputError(f"{path}: a folder with no image files")))
+            files.extend(_read_one(p) for p in found)
+        else:
+            files.append(_read_one(path))
+    return files
+
+
+def _read_one(path: Path) -> tuple[str, bytes | InputError]:
+    try:
+        return str(path), path.read_bytes()
+    except FileNotFoundError:
+        return str(path), InputError(f"{path}: no such file")
+    except OSError as exc:
+        return str(path), InputError(f"{path}: cannot be read ({exc.strerror or exc})")
 
 
 def default_framing(image: Image.Image, ckpt: Checkpoint) -> Framing:
@@ -129,12 +172,13 @@ class ImageResult:
 
 
 def classify(
-    files: list[tuple[str, bytes]],
+    files: list[tuple[str, bytes | InputError]],
     checkpoints: list[Checkpoint],
     runners: dict[str, Runner] | None = None,
     framing: Framing | None = None,
 ) -> list[ImageResult]:
-    """Classify each (name, bytes) with each checkpoint; bad files get an error, not an abort."""
+    """Classify each (name, bytes) with each checkpoint; bad files (or a read error given in
+    place of the bytes) get an error, not an abort."""
     if not checkpoints:
         raise ValueError("choose at least one model")
     classes = checkpoints[0].preprocessing.class_names
@@ -146,6 +190,8 @@ def classify(
     for name, data in files:
         result = ImageResult(name)
         try:
+            if isinstance(data, InputError):
+                raise data
             image = read_image(data, name)
         except InputError as exc:
             result.error = str(exc)

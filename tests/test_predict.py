@@ -1,6 +1,7 @@
 """Upload-and-classify: every bad input gets its own message; odd modes and framings work."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +53,9 @@ def test_each_bad_input_has_its_own_message(original):
     cases["anim.webp"] = (buffer.getvalue(), "animated WEBP")
     bomb = _encode(Image.new("L", (9000, 9000)), "PNG")  # 81 megapixels of zeros, tiny file
     cases["bomb.png"] = (bomb, "too large")
+    cases["dot.png"] = (_encode(Image.new("RGB", (1, 1)), "PNG"), "1x1 pixels is too small")
+    strip = _encode(Image.new("RGB", (20000, 3), (200, 120, 160)), "PNG")
+    cases["strip.png"] = (strip, "20000x3 strip is not a microscope image")
     for name, (data, message) in cases.items():
         with pytest.raises(InputError, match=message):
             read_image(data, name)
@@ -162,3 +166,19 @@ def test_cli_predict_csv_matches_library(ckpt_root, ckpt, data_root, tmp_path):
     library = classify([(str(image), image.read_bytes())], [ckpt])[0].per_model["cnn_baseline"]
     cli = frame.iloc[0][[f"p_{c}" for c in ckpt.preprocessing.class_names]].to_numpy(float)
     assert np.abs(cli - library).max() < 1e-5
+
+
+def test_folders_expand_and_unreadable_paths_get_their_own_row(tmp_path, original):
+    from bloodviz.predict import read_paths
+
+    folder = tmp_path / "cells"
+    (folder / "more").mkdir(parents=True)
+    original.save(folder / "b.jpg")
+    original.save(folder / "more" / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    files = dict(read_paths([folder, tmp_path / "missing.jpg", tmp_path / "empty"]))
+    assert [Path(n).name for n in files][:2] == ["b.jpg", "a.png"]  # sorted, subfolders too
+    assert isinstance(files[str(folder / "b.jpg")], bytes)
+    assert "no such file" in str(files[str(tmp_path / "missing.jpg")])
+    assert "a folder with no image files" in str(files[str(tmp_path / "empty")])
