@@ -14,8 +14,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from bloodviz.checkpoints import Checkpoint, Predictions
-from bloodviz.literature import reported_for, study_of
-from bloodviz.models import list_models, model_info
+from bloodviz.literature import REPORTED, reported_for, study_of
 from bloodviz.runcard import pretrained_label
 
 # name in the leaderboard -> (label, higher is better, fits a log axis)
@@ -42,7 +41,6 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         metrics = ckpt.metrics().get(split)
         if metrics is None:
             continue
-        info = _info(ckpt.model)
         bench = ckpt.bench() or {}
         run = ckpt.run
         weights = ckpt.path / "model.safetensors"
@@ -50,7 +48,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
             {
                 "model": ckpt.name,
                 "name": run.display_name or ckpt.model,
-                "family": run.family or (info.family if info else "other"),
+                "family": run.family or "other",
                 "study": study.id if (study := study_of(ckpt.model)) else "-",
                 "accuracy": metrics["accuracy"],
                 "accuracy_lo": metrics["accuracy_ci95"][0],
@@ -88,13 +86,6 @@ def _get(data: dict, *keys):
             return None
         data = data[key]
     return data
-
-
-def _info(name: str):
-    try:
-        return model_info(name)
-    except KeyError:
-        return None
 
 
 def pareto_front(
@@ -303,8 +294,9 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
     for ckpt in ckpts:
         shipped.setdefault(ckpt.model, []).append(ckpt)
     rows = []
-    for name in list_models():
-        info = model_info(name)
+    # the literature and the run cards are enough: no network (and no torch) is needed here
+    for name in sorted({r.model for r in REPORTED}):
+        display_name = next((c.run.display_name for c in shipped.get(name, [])), "") or name
         for reported in reported_for(name):
             target_dataset = reported.bloodviz_dataset
             target_split = {"validation": "val"}.get(reported.split, reported.split)
@@ -327,7 +319,7 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
             rows.append(
                 {
                     "model": name,
-                    "name": info.display_name,
+                    "name": display_name,
                     "study": reported.study,
                     "metric": reported.metric,
                     "reported": reported.value,

@@ -432,6 +432,7 @@ def train(
             "val_accuracy": val_acc,
             "lr": run.optimizer.param_groups[0]["lr"],
             "seconds": stats["seconds"],
+            "precision": run.precision,  # a resumed run may have changed it
         }
         state.record(row, run.model)
         bar.update(1)

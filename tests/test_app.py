@@ -129,3 +129,40 @@ def test_gradcam_filters_preset_from_query(monkeypatch, store):
     app.switch_page("app_pages/gradcam.py").run()
     assert not app.exception
     assert next(s for s in app.selectbox if s.label == "True class").value == "eosinophil"
+
+
+LIGHT_PAGES_SCRIPT = """
+import resource, sys
+from streamlit.testing.v1 import AppTest
+
+HEAVY = ("torch", "timm", "pytorch_grad_cam", "onnxruntime")
+app = AppTest.from_file(sys.argv[1], default_timeout=180)
+app.run()
+assert not app.exception, app.exception
+for page in sys.argv[2:]:
+    app.switch_page(page).run()
+    assert not app.exception, (page, app.exception)
+print(",".join(m for m in HEAVY if m in sys.modules) or "none")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_comparison_pages_never_import_torch():
+    """Only Grad-CAM and upload need a network: the leaderboard, report, head-to-head,
+    studies, data and provenance pages run on the shipped store without torch, timm,
+    pytorch-grad-cam or ONNX Runtime (their import alone is about 800 MB and 5 s)."""
+    import subprocess
+    import sys
+
+    pages = [f"app_pages/{p}.py" for p in ("report", "head_to_head", "studies", "data")]
+    pages.append("app_pages/checkpoints.py")
+    result = subprocess.run(
+        [sys.executable, "-c", LIGHT_PAGES_SCRIPT, str(REPO / "app.py"), *pages],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    heavy, _peak_mb = result.stdout.split()[-2:]
+    assert heavy == "none"
