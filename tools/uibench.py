@@ -6,6 +6,12 @@
 - one upload (decode, frame, classify) after warm-up, through the runner the app uses;
 - a batch of 100 real uploads through :func:`bloodviz.predict.classify`.
 Figures are medians over repeats; the thread count is fixed and printed.
+
+``python -m tools.uibench --soak 2000 --dataset pbc-64 --models resnet18 cnn_baseline ...``
+is the soak benchmark instead: that many CAM requests mixing every method and model (the slow
+perturbation methods every 100th request, as a page would ask for them rarely) on real test
+cells, through explainers shared by 4 threads as Streamlit sessions share cached ones, and
+prints resident memory after warm-up and at the end (target: growth <= 30 MB).
 """
 
 from __future__ import annotations
@@ -55,6 +61,72 @@ print(json.dumps({{"imports": t1 - t0, "after_imports": t2 - t1, "total": t2 - t
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def rss_mb() -> float:
+    """Current resident memory of this process (not the peak)."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak(dataset_key: str, models: list[str], requests: int, threads: int = 4) -> int:
+    """CAM requests in a loop over methods, models and cells; prints memory growth."""
+    import ctypes
+    from concurrent.futures import ThreadPoolExecutor
+
+    ckpts = [open_checkpoint(checkpoint_dir(dataset_key, m)) for m in models]
+    data = get_dataset(ckpts[0].dataset, ckpts[0].size)
+    ids = [str(s) for s in ckpts[0].predictions("test").ids[:50]]
+    cells = [ckpts[0].preprocessing.prepare(data.open_image(i), data.default_framing) for i in ids]
+    explainers = [Explainer.from_checkpoint(c) for c in ckpts]
+    fast = [m for m in CAM_METHODS if m not in SLOW_METHODS]
+    slow = sorted(SLOW_METHODS)
+
+    def job(i: int) -> None:
+        method = slow[(i // 100) % len(slow)] if i % 100 == 99 else fast[i % len(fast)]
+        explainers[i % len(explainers)].explain(
+            cells[i % len(cells)], method, faithfulness=i % 3 == 0
+        )
+
+    def trim() -> None:  # hand freed heap back to the OS, as the app does after loads
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+
+    warmup = 3 * len(fast) * len(explainers)
+    for i in range(warmup):
+        job(i)
+    trim()
+    start = rss_mb()
+    tick = time.perf_counter()
+    marks = []
+    with ThreadPoolExecutor(threads) as pool:
+        for done in range(0, requests, max(1, requests // 10)):
+            list(pool.map(job, range(done, min(requests, done + max(1, requests // 10)))))
+            trim()
+            marks.append(round(rss_mb()))
+    seconds = time.perf_counter() - tick
+    end = rss_mb()
+    hooks = sum(
+        len(m._forward_hooks) + len(m._backward_hooks)
+        for e in explainers
+        for m in e.model.modules()
+    )
+    print(
+        f"soak: {requests} CAM requests ({', '.join(models)} on {dataset_key}; methods "
+        f"{', '.join(fast)} and every 100th {'/'.join(slow)}; ROAD on every 3rd) from {threads} "
+        f"threads in {seconds:.0f} s"
+    )
+    print(
+        f"resident memory after warm-up {start:.0f} MB, at the end {end:.0f} MB: growth "
+        f"{end - start:+.1f} MB (target <= 30 MB); every tenth: {marks}"
+    )
+    print(f"hooks left on the models: {hooks}")
+    return 0 if end - start <= 30 and hooks == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.uibench")
     parser.add_argument("--dataset", default="pbc-64", help="dataset key, e.g. pbc-64")
@@ -63,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--slow-repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--soak", type=int, default=0, help="run the soak benchmark instead")
+    parser.add_argument("--models", nargs="+", default=None, help="models for --soak")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.soak:
+        return soak(args.dataset, args.models or [args.model], args.soak)
     ckpt = open_checkpoint(checkpoint_dir(args.dataset, args.model))
     data = get_dataset(ckpt.dataset, ckpt.size)
     preds = ckpt.predictions("test")
