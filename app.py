@@ -29,4 +29,5 @@ navigation = st.navigation(
     }
 )
 ui.sidebar_selection()  # drawn here so the choice carries across pages
+ui.import_page_modules(navigation.url_path)  # one session at a time: see ui.PAGE_MODULES
 navigation.run()

@@ -5,11 +5,37 @@ Kept apart from the engine so that everything else in ``bloodviz`` imports witho
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 
 import streamlit as st
 
 from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
+
+# What each page imports from the engine. Sessions run in threads: on a cold server a class
+# opening the app at once imported these concurrently, and Python's per-module import locks
+# gave one thread a half-initialised bloodviz.compare ("cannot import name 'filter_cells'").
+# app.py imports a page's modules here, one thread at a time, before the page runs.
+LIGHT_MODULES = ("bloodviz.compare", "bloodviz.plots", "bloodviz.metrics", "bloodviz.tables")
+PAGE_MODULES = {
+    "gradcam": (*LIGHT_MODULES, "bloodviz.explain"),
+    "upload": (*LIGHT_MODULES, "bloodviz.explain", "bloodviz.predict"),
+}
+_import_lock = threading.Lock()
+_imported: set[str] = set()
+
+
+def import_page_modules(url_path: str) -> None:
+    """Import the engine modules the page at ``url_path`` uses, serialised across sessions."""
+    names = PAGE_MODULES.get(url_path, LIGHT_MODULES)
+    if _imported.issuperset(names):
+        return
+    with _import_lock:
+        for name in names:
+            importlib.import_module(name)
+            _imported.add(name)
+
 
 # loaded networks (and ONNX sessions) kept at once: each is up to ~100 MB, and Streamlit
 # Community Cloud gives an app about 1-2.7 GB, most of which torch's import already takes

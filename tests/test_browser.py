@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,3 +187,46 @@ def test_upload_page_with_a_real_original(page, data_root):
     expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
     _no_exception(page)
     _shot(page, "7-upload.png")
+
+
+def test_ten_sessions_at_once_on_gradcam_upload_and_report(page, server, data_root):
+    """A class opening the app together: 12 sessions (separate browser contexts, so separate
+    Streamlit sessions) load Grad-CAM, upload-and-classify and the report at the same time,
+    sharing the server's cached models and explainers. None may show an exception; each
+    page's p50 / p90 time to ready is printed."""
+    import time
+
+    original = sorted((data_root / "pbc-originals" / "neutrophil").iterdir())[0]
+    browser = page.context.browser
+    plan = ["gradcam", "upload", "report"] * 4
+    ready = {
+        "gradcam": lambda tab: tab.get_by_text("ROAD score ="),
+        "upload": lambda tab: tab.get_by_text("Grad-CAM for").first,
+        "report": lambda tab: tab.locator("[data-testid=stDataFrame]").first,
+    }
+    contexts, tabs = [], []
+    start = time.perf_counter()
+    for route in plan:  # navigations return at once: all sessions load in parallel
+        context = browser.new_context(viewport={"width": 1280, "height": 720})
+        tab = context.new_page()
+        tab.set_default_timeout(300_000)
+        tab.goto(f"{server}/{route}", wait_until="commit")
+        contexts.append(context)
+        tabs.append(tab)
+    for route, tab in zip(plan, tabs):
+        if route == "upload":
+            tab.locator("input[type=file]").set_input_files(str(original))
+    times: dict[str, list[float]] = {}
+    try:
+        for route, tab in zip(plan, tabs):
+            expect(ready[route](tab)).to_be_visible(timeout=300_000)
+            times.setdefault(route, []).append(time.perf_counter() - start)
+            assert tab.locator("[data-testid=stException]").count() == 0, route
+        for route, tab in zip(plan, tabs):  # nothing broke while the others finished
+            assert tab.locator("[data-testid=stException]").count() == 0, route
+    finally:
+        for context in contexts:
+            context.close()
+    for route, seconds in times.items():
+        p50, p90 = np.percentile(seconds, [50, 90])
+        print(f"{len(seconds)} concurrent {route} sessions: ready p50 {p50:.1f} s, p90 {p90:.1f} s")
