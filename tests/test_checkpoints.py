@@ -78,3 +78,34 @@ def test_incomplete_folders_are_not_listed(tmp_path):
     with pytest.raises(CheckpointError, match="incomplete"):
         open_checkpoint(tmp_path / "pbc-64" / "half")
     assert list_checkpoints(tmp_path) == []
+
+
+def test_run_cards_of_every_age_load_typed_and_round_trip():
+    """Older cards lack fields and wrote null for text; a newer version may add keys. All
+    load, the derived facts are decided once, and what was written comes back."""
+    from bloodviz.runcard import RunCard
+
+    old = {
+        "format": "bloodviz-checkpoint-1",
+        "dataset": "pbc",
+        "size": 64,
+        "model": "resnet50",
+        "pretrained": False,
+        "weights_not_shipped": None,
+        "hardware": {"cpu": "x", "gpu": "H100"},
+        "device": "cuda",
+        "epochs_run": 2,
+        "n_samples": {"train": 800, "test": 3248},
+        "config": {"seed": 3, "train_limit_per_class": 100},
+        "from_a_later_version": {"kept": True},
+    }
+    card = RunCard.from_dict(old)
+    assert card.weights_not_shipped == "" and card.pretrained_source == ""
+    assert card.pretrained_label == "from scratch" and card.is_cpu_budget and card.seed == 3
+    assert card.train_images == 800 and card.trained_on == "H100"
+    assert card.training_summary == "2 ep on 800 train images (CPU-budget subset)"
+    back = card.to_dict()
+    assert back["from_a_later_version"] == {"kept": True}
+    assert {k: v for k, v in back.items() if k in old and old[k] is not None} == {
+        k: v for k, v in old.items() if v is not None
+    }
