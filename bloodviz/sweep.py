@@ -178,9 +178,7 @@ def _sweep_on_ray(
     task = ray.remote(num_cpus=1, max_retries=0)(_train_task)
     outcome: dict[str, str] = {}
     try:
-        pending = {
-            task.remote(asdict(c), data_root, command, fresh, 1): c.model for c in todo
-        }
+        pending = {task.remote(asdict(c), data_root, command, fresh, 1): c.model for c in todo}
         bar = tqdm(total=len(pending), desc=f"sweep on Ray ({len(todo)} tasks)", unit="model")
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
