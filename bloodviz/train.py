@@ -157,6 +157,13 @@ class TrainingRun:
     started_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+    # wall time of the earlier sessions of a resumed run
+    wall_before: float = 0.0
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time of the whole run, across resumes."""
+        return self.wall_before + time.time() - self.started
 
     def save_state(self) -> None:
         state = self.state
@@ -176,6 +183,8 @@ class TrainingRun:
                 "epochs": state.epochs,
                 "budget_planned": state.budget_planned,
                 "precision_probe": state.precision_probe,
+                "started_at": self.started_at,
+                "wall_s": self.wall_seconds,
             },
         )
 
@@ -282,7 +291,7 @@ def start_run(
         f"device {device}, precision {precision}"
         + (f" (probe, train img/s: {probe})" if probe else "")
     )
-    return TrainingRun(
+    training_run = TrainingRun(
         config=config,
         dataset=dataset,
         prep=dataset.preprocessing(),
@@ -300,6 +309,10 @@ def start_run(
         steps_per_epoch=steps_per_epoch,
         state=state,
     )
+    if saved is not None and "started_at" in saved:  # the card tells the whole run's times
+        training_run.started_at = saved["started_at"]
+        training_run.wall_before = saved["wall_s"]
+    return training_run
 
 
 def _probed_choice(probe: dict) -> str:
@@ -490,7 +503,7 @@ def finish_run(run: TrainingRun, stopped_early: bool, progress: bool, command, l
             "versions": versions(),
             "started_at": run.started_at,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_time_s": round(time.time() - run.started, 1),
+            "wall_time_s": round(run.wall_seconds, 1),
             "train_time_s": round(state.train_seconds, 1),
             "train_images_per_s": round(state.train_images / state.train_seconds, 1)
             if state.train_seconds
