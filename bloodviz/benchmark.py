@@ -200,11 +200,6 @@ def store(ckpt: Checkpoint, result: dict) -> Path:
     return path
 
 
-def load_bench(ckpt: Checkpoint, device: str = "cpu") -> dict | None:
-    """The stored benchmark (see :meth:`Checkpoint.bench`)."""
-    return ckpt.bench(device)
-
-
 def format_table(results: list[dict]) -> str:
     head = (
         f"{'dataset':15s} {'model':14s} {'params':>9s} {'MFLOPs':>8s} {'file MB':>7s} "

@@ -88,8 +88,13 @@ def probe_cpu_precision(
         ).images_per_s
         for name in ("fp32+cl", "bf16+cl")
     }
-    best = max(measured, key=measured.get)
-    return ("bf16" if best == "bf16+cl" else "fp32"), {k: round(v, 1) for k, v in measured.items()}
+    measured = {k: round(v, 1) for k, v in measured.items()}
+    return precision_from_probe(measured), measured
+
+
+def precision_from_probe(measured: dict[str, float]) -> str:
+    """The trainer's precision for what a probe measured: bf16 only where it was faster."""
+    return "bf16" if measured and max(measured, key=measured.get) == "bf16+cl" else "fp32"
 
 
 def bench_train(

@@ -112,7 +112,7 @@ class RunState:
     budget_planned: bool = False
     precision_probe: dict = field(default_factory=dict)
 
-    def record(self, row: dict, model: torch.nn.Module) -> bool:
+    def record(self, row: dict, model: torch.nn.Module) -> None:
         """Add one epoch's row; keep the weights if it is the best so far."""
         self.history.append(row)
         self.epoch = row["epoch"]
@@ -130,7 +130,6 @@ class RunState:
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        return improved
 
 
 @dataclass
@@ -146,6 +145,8 @@ class TrainingRun:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: WarmupCosine
+    # fp16 loss scaling on CUDA; one for the whole run, so its learned scale carries over epochs
+    scaler: torch.amp.GradScaler
     device: torch.device
     precision: str
     state_path: Path
@@ -254,7 +255,9 @@ def start_run(
     )
     probed = saved.get("precision_probe") if saved is not None else None
     if config.precision == "auto" and probed:  # a resumed run keeps what its probe chose
-        precision, probe = _probed_choice(probed), probed
+        from bloodviz.speed import precision_from_probe
+
+        precision, probe = precision_from_probe(probed), probed
     else:
         precision, probe = pick_precision(config, model, device, dataset.size, classes)
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -301,6 +304,7 @@ def start_run(
         optimizer=optimizer,
         scheduler=scheduler,
         schedule=schedule,
+        scaler=torch.amp.GradScaler(enabled=precision == "fp16" and device.type == "cuda"),
         device=device,
         precision=precision,
         state_path=state_path,
@@ -313,10 +317,6 @@ def start_run(
         training_run.started_at = saved["started_at"]
         training_run.wall_before = saved["wall_s"]
     return training_run
-
-
-def _probed_choice(probe: dict) -> str:
-    return "bf16" if probe and max(probe, key=probe.get) == "bf16+cl" else "fp32"
 
 
 def plan_epochs(
@@ -339,7 +339,6 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool, log) -> dict:
     std = torch.tensor(run.prep.std, device=device).view(1, 3, 1, 1) * 255
     autocast = run.precision in ("bf16", "fp16")
     amp_dtype = torch.bfloat16 if run.precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(enabled=run.precision == "fp16" and device.type == "cuda")
     plan_budget = bool(config.time_budget) and not run.state.budget_planned
     probe_steps = min(BUDGET_PROBE_STEPS, max(1, run.schedule.warmup_steps))
 
@@ -364,12 +363,12 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool, log) -> dict:
             if extra is not None:
                 loss = loss + extra
         run.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        run.scaler.scale(loss).backward()
         if config.grad_clip:
-            scaler.unscale_(run.optimizer)
+            run.scaler.unscale_(run.optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(run.optimizer)
-        scaler.update()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
         run.scheduler.step()
         loss_sum += loss.item() * len(idx)
         correct += int((logits.argmax(1) == y).sum())

@@ -107,5 +107,5 @@ def test_a_damaged_benchmark_file_reads_as_none(tmp_path, ckpt):
     shutil.copytree(ckpt[0] / "pbc-28" / "cnn_baseline", folder)
     (folder / "bench-cpu.json").write_text('{"use_onnx": tru')  # cut off mid-write
     damaged = open_checkpoint(folder)
-    assert benchmark.load_bench(damaged) is None
+    assert damaged.bench() is None
     assert Runner(damaged).backend == "pytorch"
