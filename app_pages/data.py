@@ -13,15 +13,16 @@ if key is None:
     st.stop()
 name, _, size = key.rpartition("-")
 try:
-    data = ui.dataset(name, int(size))
-    counts = ui.class_counts(name, int(size))
+    data = ui.cells(name, int(size))
 except (DataNotFoundError, ValueError) as exc:
     st.warning(
-        f"The {name} images are not on this machine ({exc}). Set BLOODVIZ_DATA, or fetch them "
-        f"with `python -m bloodviz download {name}`."
+        f"{exc}. Set BLOODVIZ_DATA, or fetch them with `python -m bloodviz download {name}`."
     )
     st.stop()
+counts = data.class_counts()
 st.caption(data.description)
+if data.from_bank:
+    st.info(data.note)
 ui.chart(class_balance(counts), key="data_balance")
 table = pd.DataFrame(counts).fillna(0).astype(int)
 table.loc["total"] = table.sum()
@@ -30,10 +31,10 @@ ui.table_download(table.reset_index(names="class"), f"bloodviz-class-balance-{ke
 
 st.subheader("Sample gallery")
 c1, c2 = st.columns([1, 3])
-split = c1.selectbox("Split", list(counts), key="data_split")
+split = c1.selectbox("Split", list(data.gallery_splits), key="data_split")
 per_class = c2.slider("Cells per class", 2, 12, 6, key="data_per_class")
 ids, labels = data.sample_ids(split), data.labels(split)
-classes = list(data.preprocessing().class_names)
+classes = list(data.class_names)
 seed = st.session_state.setdefault("data_seed", 0)
 if st.button("Shuffle", icon=":material/shuffle:"):
     st.session_state["data_seed"] = seed = seed + 1

@@ -6,8 +6,9 @@ from PIL import Image
 
 from bloodviz import ui
 from bloodviz.compare import filter_cells
-from bloodviz.explain import CAM_METHODS, SLOW_METHODS, upscale
+from bloodviz.explain import CAM_METHODS, SLOW_METHODS
 from bloodviz.paths import DataNotFoundError
+from bloodviz.preprocess import upscale
 
 st.title("Grad-CAM explorer")
 key, ckpts = ui.current_selection()
@@ -20,13 +21,12 @@ if not ckpts:
 first = ckpts[0]
 classes = first.preprocessing.class_names
 try:
-    data = ui.dataset(first.dataset, first.size)
+    data = ui.cells(first.dataset, first.size)
 except (DataNotFoundError, ValueError) as exc:
-    st.warning(
-        f"The test images are not on this machine ({exc}). Set BLOODVIZ_DATA or use the "
-        "upload page to explain your own image."
-    )
+    st.warning(f"{exc}. Set BLOODVIZ_DATA or use the upload page to explain your own image.")
     st.stop()
+if data.from_bank:
+    st.caption(data.note)
 
 split = first.default_split
 preds = ui.predictions(str(first.path), split)
@@ -62,7 +62,7 @@ methods = st.multiselect(
     "Methods", list(CAM_METHODS), default=["gradcam"], format_func=lambda m: CAM_METHODS[m][0]
 )
 target_name = st.selectbox("Target class", ["predicted", *classes])
-image = first.preprocessing.prepare(data.open_image(sample), data.default_framing)
+image = data.image(sample)
 truth = classes[preds.labels[list(preds.ids).index(sample)]]
 st.caption(f"**{sample}**, true class **{truth}**")
 

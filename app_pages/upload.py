@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from bloodviz import ui
-from bloodviz.explain import upscale
 from bloodviz.plots import probability_bars
 from bloodviz.predict import classify, result_rows
+from bloodviz.preprocess import upscale
 
 st.title("Upload and classify")
 key, ckpts = ui.current_selection()
@@ -34,7 +34,12 @@ framing_label = st.radio(
     "(MedMNIST's crop). A full 360x363 field is cut the same way; a cropped cell is used whole.",
 )
 framing = {"A full microscope field": "full", "One cropped cell": "cell"}.get(framing_label)
-show_cam = st.toggle("Grad-CAM overlay", value=True)
+show_cam = st.toggle(
+    "Grad-CAM overlay",
+    value=False,
+    help="Classification runs on ONNX Runtime; a saliency map needs the network's gradients, "
+    "so the first overlay loads PyTorch (a few seconds, about 600 MB).",
+)
 if not files:
     st.stop()
 

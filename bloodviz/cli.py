@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pytorch", action="store_true", help="never use ONNX Runtime")
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser(
+        "export-onnx", help="export checkpoints to ONNX (cached; what the app's uploads run on)"
+    )
+    p.add_argument("checkpoint", nargs="+", type=Path, help="checkpoint folders")
+
+    p = sub.add_parser(
+        "cellbank",
+        help="build the shipped bank of evaluated cells from the raw data (or --verify it)",
+    )
+    p.add_argument("--dataset", nargs="+", default=None, help="default: every shipped one")
+    p.add_argument("--size", type=int, default=None, help="default: the largest shipped size")
+    p.add_argument("--data-root", default=None)
+    p.add_argument(
+        "--verify", action="store_true", help="count the predictions the stored cells change"
+    )
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("gradcam", help="save a CAM overlay of one image")
     p.add_argument("image", type=Path)
     p.add_argument("--dataset", required=True)
@@ -208,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "gradcam":
             return _gradcam(args)
+        if args.command == "export-onnx":
+            return _export_onnx(args)
+        if args.command == "cellbank":
+            return _cellbank(args, command_line)
         if args.command == "sweep":
             from bloodviz.sweep import sweep
 
@@ -359,7 +381,7 @@ def _predict(args) -> int:
 
     ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.model]
     files = read_paths(args.paths)
-    runners = {c.model: Runner(c, prefer_onnx=not args.pytorch) for c in ckpts}
+    runners = {c.model: Runner(c, backend="pytorch" if args.pytorch else "auto") for c in ckpts}
     results = classify(files, ckpts, runners, framing=args.framing)
     classes = ckpts[0].preprocessing.class_names
     for r in results:
@@ -383,12 +405,58 @@ def _predict(args) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def _cellbank(args, command_line: str) -> int:
+    from bloodviz.cellbank import BANK_ROOT, build_bank, verify_bank
+    from bloodviz.checkpoints import list_checkpoints
+
+    ckpts = list_checkpoints(args.checkpoints)
+    datasets = args.dataset or sorted({c.dataset for c in ckpts})
+    if args.verify:
+        chosen = [c for c in ckpts if c.dataset in datasets]
+        rows = verify_bank(chosen)
+        for r in rows:
+            print(
+                f"{r['dataset']:16s} {r['model']:20s} {r['split']:12s} {r['changed']:4d} of "
+                f"{r['n']:5d} predictions changed ({r['agreement']:.2%} agree)"
+            )
+        from bloodviz.inference import hardware_info, versions
+
+        record = {
+            "command": command_line,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hardware": hardware_info(),
+            "versions": versions(),
+            "rows": rows,
+        }
+        out = BANK_ROOT / "verify.json"
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {out}")
+        return 0
+    for name in datasets:
+        sizes = [c.size for c in ckpts if c.dataset == name]
+        size = args.size or max(sizes, default=64)
+        path = build_bank(name, size, data_root=args.data_root)
+        print(f"{name}: {size} px cells -> {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from bloodviz.checkpoints import open_checkpoint
+    from bloodviz.inference import export_onnx
+
+    for folder in args.checkpoint:
+        ckpt = open_checkpoint(folder)
+        print(f"{ckpt.dataset_key}/{ckpt.name}: {export_onnx(ckpt)}")
+    return 0
+
+
 def _gradcam(args) -> int:
     from PIL import Image
 
     from bloodviz.checkpoints import find_checkpoint
-    from bloodviz.explain import Explainer, upscale
+    from bloodviz.explain import Explainer
     from bloodviz.predict import default_framing, read_image
+    from bloodviz.preprocess import upscale
 
     ckpt = find_checkpoint(args.dataset, args.model, args.size, args.checkpoints)
     image = read_image(args.image.read_bytes(), str(args.image))

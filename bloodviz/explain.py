@@ -149,10 +149,3 @@ class Explainer:
             "road_score": (lerf - morf) / 2,
             "percentile": ROAD_PERCENTILE,
         }
-
-
-def upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
-    """Nearest-neighbour enlargement for display, so small cells are not blurred into mush."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((side, side), Image.NEAREST))

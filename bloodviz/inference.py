@@ -1,4 +1,8 @@
-"""Running a model over decoded images, and what machine it runs on."""
+"""Running a model over decoded images, and what machine it runs on.
+
+Importing this module does not import torch: upload classification in the app runs on ONNX
+Runtime alone (about 600 MB lighter), so torch is imported inside the functions that need it.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,20 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bloodviz.paths import REPO_ROOT, cache_root
 from bloodviz.preprocess import Preprocessing
 
+if TYPE_CHECKING:
+    import torch
+
 
 def pick_device(requested: str = "auto") -> torch.device:
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -26,6 +35,8 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True where oneDNN runs bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is slower."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -36,6 +47,8 @@ def pick_precision(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     if device.type == "cuda":
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
@@ -47,7 +60,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-@torch.no_grad()
 def predict_probs(
     model: torch.nn.Module,
     prep: Preprocessing,
@@ -56,18 +68,23 @@ def predict_probs(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Softmax probabilities (float64, N x K) for uint8 NHWC images, in fp32."""
+    import torch
+
     device = torch.device(device)
     model = model.to(device).eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = prep.normalize(images[start : start + batch_size]).to(device)
-        out.append(torch.softmax(model(batch).float(), dim=1).cpu().double().numpy())
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = prep.normalize(images[start : start + batch_size]).to(device)
+            out.append(torch.softmax(model(batch).float(), dim=1).cpu().double().numpy())
     if not out:
         return np.zeros((0, prep.num_classes))
     return np.concatenate(out)
 
 
 def hardware_info(device: torch.device | None = None) -> dict:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -90,6 +107,7 @@ def hardware_info(device: torch.device | None = None) -> dict:
 
 def versions() -> dict:
     import timm
+    import torch
     import torchvision
 
     import bloodviz
@@ -126,6 +144,8 @@ def onnx_path(ckpt) -> Path:
 
 def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
     """Export (once, cached by weight hash) the checkpoint to ONNX with a dynamic batch axis."""
+    import torch
+
     path = onnx_path(ckpt)
     if path.exists():
         return path
@@ -145,6 +165,27 @@ def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
         opset_version=17,
     )
     os.replace(tmp, path)
+    return path
+
+
+def ensure_onnx(ckpt, timeout: float = 600) -> Path:
+    """The checkpoint's cached ONNX file, exported first if needed. Where this process has not
+    imported torch (the app), a child process exports it, so torch's ~600 MB never stay here."""
+    path = onnx_path(ckpt)
+    if path.exists():
+        return path
+    if "torch" in sys.modules:
+        return export_onnx(ckpt)
+    command = [sys.executable, "-m", "bloodviz", "export-onnx", str(ckpt.path)]
+    try:
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"exporting {ckpt.name} to ONNX took over {timeout:.0f} s") from exc
+    if done.returncode != 0 or not path.exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"exporting {ckpt.name} to ONNX failed: {' | '.join(tail)}")
     return path
 
 

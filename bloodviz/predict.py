@@ -11,6 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -126,30 +127,42 @@ def default_framing(image: Image.Image, ckpt: Checkpoint) -> Framing:
     return "cell"
 
 
-class Runner:
-    """Probabilities from a checkpoint: ONNX Runtime where the benchmark chose it, else PyTorch."""
+Backend = Literal["auto", "onnx", "pytorch"]
 
-    def __init__(self, ckpt: Checkpoint, prefer_onnx: bool = True):
+
+class Runner:
+    """Probabilities from a checkpoint, on ONNX Runtime or PyTorch.
+
+    ``backend``: "onnx" always uses ONNX Runtime, so the process never imports torch (the app:
+    about 600 MB lighter; the ONNX file is exported once, by a child process, and cached);
+    "auto" uses it where the checkpoint's benchmark found it faster, else PyTorch (the CLI);
+    "pytorch" never does. ONNX sessions may be shared between threads.
+    """
+
+    def __init__(self, ckpt: Checkpoint, backend: Backend = "auto"):
+        from bloodviz.inference import ensure_onnx, onnx_session
+
+        if backend not in ("auto", "onnx", "pytorch"):
+            raise ValueError(f"backend must be auto, onnx or pytorch, not {backend!r}")
         self.ckpt = ckpt
         self.backend = "pytorch"
         self._session = None
         self._model = None
-        if prefer_onnx:
-            from bloodviz.inference import export_onnx, onnx_session
-
-            bench = ckpt.bench()
-            if bench and bench.get("use_onnx"):
-                self._session = onnx_session(export_onnx(ckpt), bench.get("threads", 1))
-                self.backend = "onnxruntime"
-        if self._session is None:
+        bench = ckpt.bench() or {}
+        if backend == "onnx" or (backend == "auto" and bench.get("use_onnx")):
+            if not ckpt.has_weights:
+                ckpt.load_model()  # raises CheckpointError saying why there are no weights
+            self._session = onnx_session(ensure_onnx(ckpt), bench.get("threads", 1))
+            self._input = self._session.get_inputs()[0].name
+            self.backend = "onnxruntime"
+        else:
             self._model = ckpt.load_model()
 
     def probs(self, images: np.ndarray) -> np.ndarray:
         prep = self.ckpt.preprocessing
         if self._session is None:
             return predict_probs(self._model, prep, images)
-        x = prep.normalize(images).numpy()
-        return softmax(self._session.run(None, {self._session.get_inputs()[0].name: x})[0])
+        return softmax(self._session.run(None, {self._input: prep.to_array(images)})[0])
 
 
 def confidence_threshold(ckpt: Checkpoint, quantile: float = OOD_VAL_QUANTILE) -> float:

@@ -98,6 +98,17 @@ class Preprocessing:
             image = image.resize((self.size, self.size), self._resample())
         return np.asarray(image, dtype=np.uint8)
 
+    def to_array(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """Photometric part in numpy: uint8 NHWC (or one HWC image) to float32 NCHW, the input
+        of an ONNX session (no torch needed)."""
+        batch = np.asarray(batch_uint8)
+        if batch.ndim == 3:
+            batch = batch[None]
+        batch = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray((batch - mean) / std)
+
     def normalize(self, batch_uint8):
         """Photometric part: uint8 NHWC (numpy or torch) to a float32 NCHW torch tensor."""
         import torch
@@ -137,3 +148,8 @@ class Preprocessing:
     @classmethod
     def load(cls, path: Path) -> Preprocessing:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
+    """Nearest-neighbour enlargement for display, so small cells are not blurred into mush."""
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.NEAREST))

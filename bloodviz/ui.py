@@ -20,7 +20,7 @@ from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, 
 LIGHT_MODULES = ("bloodviz.compare", "bloodviz.plots", "bloodviz.metrics", "bloodviz.tables")
 PAGE_MODULES = {
     "gradcam": (*LIGHT_MODULES, "bloodviz.explain"),
-    "upload": (*LIGHT_MODULES, "bloodviz.explain", "bloodviz.predict"),
+    "upload": (*LIGHT_MODULES, "bloodviz.predict"),
 }
 _import_lock = threading.Lock()
 _imported: set[str] = set()
@@ -88,11 +88,15 @@ def checkpoint(path: str) -> Checkpoint:
     return _checkpoint(path, version(path))
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=MODELS_IN_MEMORY)
+@st.cache_resource(
+    show_spinner="Loading model (its first use exports it to ONNX, a few seconds)…",
+    max_entries=MODELS_IN_MEMORY,
+)
 def _runner(path: str, written: int):
     from bloodviz.predict import Runner
 
-    loaded = Runner(checkpoint(path))
+    # ONNX Runtime: classifying uploads never imports torch into the app's process
+    loaded = Runner(checkpoint(path), backend="onnx")
     release_freed_memory()
     return loaded
 
@@ -116,10 +120,12 @@ def explainer(path: str):
 
 
 @st.cache_resource(show_spinner="Indexing the dataset…")
-def dataset(name: str, size: int):
-    from bloodviz.data import get_dataset
+def cells(name: str, size: int):
+    """The dataset's cells as the models saw them: the raw images where they are on this
+    machine, else the shipped cell bank (a fresh clone, Community Cloud)."""
+    from bloodviz.cellbank import open_cells
 
-    return get_dataset(name, size)
+    return open_cells(name, size)
 
 
 def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
@@ -208,31 +214,29 @@ def _predictions(path: str, split: str, written: int):
     return checkpoint(path).predictions(split)
 
 
-@st.cache_data(show_spinner=False)
-def class_counts(name: str, size: int) -> dict[str, dict[str, int]]:
-    return dataset(name, size).class_counts()
-
-
 @st.cache_data(show_spinner=False, max_entries=512)
 def cell_image(name: str, size: int, sample_id: str):
     """The sample as the model saw it (the dataset's crop and size), as a uint8 array."""
-    data = dataset(name, size)
-    return data.preprocessing().prepare(data.open_image(sample_id), data.default_framing)
+    return cells(name, size).image(sample_id)
 
 
 def cell_grid(name: str, size: int, ids, captions, per_row: int = 6) -> None:
-    """Cells as the models saw them, ``per_row`` a row; a warning, not an error, where the
-    dataset's images are not on this machine (the page's table still lists them)."""
+    """Cells as the models saw them, ``per_row`` a row; a warning, not an error, where neither
+    the dataset's images nor the cell bank are on this machine (the page's table still lists
+    them)."""
     from bloodviz.paths import DataNotFoundError
 
     try:
+        source = cells(name, size)
+        if source.from_bank:
+            st.caption(source.note)
         columns = st.columns(per_row)
         for i, (sample_id, caption) in enumerate(zip(ids, captions)):
             columns[i % per_row].image(
                 cell_image(name, size, sample_id), width="stretch", caption=caption
             )
-    except (DataNotFoundError, ValueError, OSError) as exc:
-        st.warning(f"The images are not on this machine ({exc}); the table still lists them.")
+    except (DataNotFoundError, KeyError, ValueError, OSError) as exc:
+        st.warning(f"The cells cannot be shown here ({exc}); the table still lists them.")
 
 
 def chart(fig, key: str | None = None) -> None:

@@ -166,3 +166,63 @@ def test_comparison_pages_never_import_torch():
     assert result.returncode == 0, result.stderr[-2000:]
     heavy, _peak_mb = result.stdout.split()[-2:]
     assert heavy == "none"
+
+
+UPLOAD_SCRIPT = """
+import sys
+from streamlit.testing.v1 import AppTest
+
+app = AppTest.from_file(sys.argv[1], default_timeout=300)
+app.run()
+next(s for s in app.sidebar.selectbox if s.label == "Dataset").set_value("pbc-64").run()
+app.switch_page("app_pages/upload.py").run()
+app.file_uploader[0].set_value([("cell.jpg", open(sys.argv[2], "rb").read(), "image/jpeg")]).run()
+assert not app.exception, app.exception
+assert len(app.dataframe[0].value) > 1, app.dataframe[0].value
+print(",".join(m for m in ("torch", "timm", "pytorch_grad_cam") if m in sys.modules) or "none")
+"""
+
+
+def test_upload_page_classifies_without_torch(data_root, tmp_path):
+    """Uploads are classified on ONNX Runtime: the app's process never imports torch for them
+    (the ONNX files are exported by a child process, here into a cold cache)."""
+    import os
+    import subprocess
+    import sys
+
+    original = sorted((data_root / "pbc-originals" / "neutrophil").iterdir())[0]
+    result = subprocess.run(
+        [sys.executable, "-c", UPLOAD_SCRIPT, str(REPO / "app.py"), str(original)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env={**os.environ, "BLOODVIZ_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "none"
+
+
+def test_every_page_shows_cells_without_the_datasets(monkeypatch, tmp_path):
+    """A fresh clone or Community Cloud: no data root at all, the shipped store and cell bank."""
+    monkeypatch.setenv("BLOODVIZ_DATA", str(tmp_path))  # an empty folder: no dataset in it
+    app = app_test(monkeypatch, REPO / "checkpoints").run()
+    dataset_box(app).set_value("pbc-64").run()
+    app.switch_page("app_pages/data.py").run()
+    assert not app.exception
+    assert not app.warning, [w.value for w in app.warning]
+    assert any("cell bank" in i.value for i in app.info)
+    assert len(app.get("image")) >= 8
+    app.switch_page("app_pages/report.py").run()  # the most confused pair's cells
+    assert not app.exception
+    assert not [w.value for w in app.warning if "cannot be shown" in w.value]
+    assert app.get("image")
+    app.switch_page("app_pages/head_to_head.py").run()  # the cells the two models disagree on
+    assert not app.exception
+    assert not [w.value for w in app.warning if "cannot be shown" in w.value]
+    assert app.get("image")
+    app.switch_page("app_pages/gradcam.py").run()
+    assert not app.exception
+    assert not app.warning, [w.value for w in app.warning]
+    assert any("cell bank" in c.value for c in app.caption)
+    assert any("ROAD score" in c.value for c in app.caption)

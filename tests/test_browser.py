@@ -33,9 +33,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 expect.set_options(timeout=90_000)
 
 
-def _streamlit_app():
+def _streamlit_app(env: dict | None = None):
     try:
-        with running_app(REPO / "checkpoints") as (url, _):
+        with running_app(REPO / "checkpoints", env=env) as (url, _):
             yield url
     except AppDidNotStart as exc:
         pytest.fail(str(exc))
@@ -184,6 +184,8 @@ def test_upload_page_with_a_real_original(page, data_root):
     page.locator("input[type=file]").set_input_files(str(original))
     expect(page.get_by_text("framing: full")).to_be_visible()
     expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
+    expect(page.get_by_text("Grad-CAM for")).to_have_count(0)  # off: no torch until asked
+    page.get_by_text("Grad-CAM overlay").click()
     expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
     _no_exception(page)
     _shot(page, "7-upload.png")
@@ -216,6 +218,7 @@ def test_ten_sessions_at_once_on_gradcam_upload_and_report(page, server, data_ro
     for route, tab in zip(plan, tabs):
         if route == "upload":
             tab.locator("input[type=file]").set_input_files(str(original))
+            tab.get_by_text("Grad-CAM overlay").click()  # saliency too, on the shared models
     times: dict[str, list[float]] = {}
     try:
         for route, tab in zip(plan, tabs):
@@ -230,3 +233,28 @@ def test_ten_sessions_at_once_on_gradcam_upload_and_report(page, server, data_ro
     for route, seconds in times.items():
         p50, p90 = np.percentile(seconds, [50, 90])
         print(f"{len(seconds)} concurrent {route} sessions: ready p50 {p50:.1f} s, p90 {p90:.1f} s")
+
+
+@pytest.fixture()
+def server_without_data(tmp_path):
+    """A fresh clone or Community Cloud: the data root is an empty folder."""
+    yield from _streamlit_app({"BLOODVIZ_DATA": str(tmp_path)})
+
+
+def test_pages_show_cells_from_the_bank_without_any_data(page, server_without_data):
+    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        tab.goto(server_without_data + "/data")
+        expect(tab.get_by_role("heading", name="Data")).to_be_visible()
+        _choose_dataset(tab, "pbc-64")
+        expect(tab.get_by_text("shipped cell bank").first).to_be_visible()
+        expect(tab.locator("[data-testid=stImage]").nth(15)).to_be_visible()
+        _no_exception(tab)
+        _shot(tab, "9-data-without-dataset.png")
+        _open(tab, "Grad-CAM explorer", "Grad-CAM explorer")
+        expect(tab.get_by_text("ROAD score =")).to_be_visible()
+        expect(tab.locator("[data-testid=stImage]").nth(1)).to_be_visible()
+        _no_exception(tab)
+        _shot(tab, "10-gradcam-without-dataset.png")
+    finally:
+        tab.close()

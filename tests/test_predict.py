@@ -1,6 +1,7 @@
 """Upload-and-classify: every bad input gets its own message; odd modes and framings work."""
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from helpers import run_bloodviz, train_tiny
 from PIL import Image
 
 from bloodviz.checkpoints import open_checkpoint
+from bloodviz.paths import REPO_ROOT
 from bloodviz.predict import InputError, Runner, classify, read_image, result_rows
 
 pytestmark = pytest.mark.slow
@@ -128,7 +130,7 @@ def test_onnx_runner_agrees_with_pytorch(ckpt, original):
 
     from bloodviz.inference import export_onnx, onnx_session
 
-    runner = Runner(ckpt, prefer_onnx=False)
+    runner = Runner(ckpt, backend="pytorch")
     cell = ckpt.preprocessing.prepare(original, "full")[None]
     torch_probs = runner.probs(cell)
     (ckpt.path / "bench-cpu.json").write_text(json.dumps({"use_onnx": True, "threads": 1}))
@@ -139,6 +141,32 @@ def test_onnx_runner_agrees_with_pytorch(ckpt, original):
     finally:
         (ckpt.path / "bench-cpu.json").unlink()
     assert onnx_session(export_onnx(ckpt), 1) is not None
+
+
+def test_upload_classification_runs_without_torch(ckpt, original, tmp_path):
+    """The app's path: ONNX Runtime only, exported by a child process; torch never imported."""
+    import subprocess
+    import sys
+
+    cell = ckpt.preprocessing.prepare(original, "full")[None]
+    expected = Runner(ckpt, backend="pytorch").probs(cell)
+    np.save(tmp_path / "cell.npy", cell)
+    code = f"""
+import sys, numpy as np
+from bloodviz.checkpoints import open_checkpoint
+from bloodviz.predict import Runner
+runner = Runner(open_checkpoint({str(ckpt.path)!r}), backend="onnx")
+probs = runner.probs(np.load({str(tmp_path / "cell.npy")!r}))
+np.save({str(tmp_path / "probs.npy")!r}, probs)
+print(runner.backend, "torch" in sys.modules)
+"""
+    env = {**os.environ, "BLOODVIZ_CACHE": str(tmp_path / "cache")}  # a cold ONNX cache
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["onnxruntime", "False"]
+    assert np.abs(np.load(tmp_path / "probs.npy") - expected).max() < 1e-4
 
 
 def test_cli_predict_csv_matches_library(ckpt_root, ckpt, data_root, tmp_path):

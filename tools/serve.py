@@ -35,8 +35,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(checkpoints: Path, timeout: float = 120) -> Iterator[tuple[str, int]]:
-    """``streamlit run app.py`` on a free local port; yields (URL, process id)."""
+def running_app(
+    checkpoints: Path, timeout: float = 120, env: dict | None = None
+) -> Iterator[tuple[str, int]]:
+    """``streamlit run app.py`` on a free local port, ``env`` added to its environment; yields
+    (URL, process id)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -55,7 +58,7 @@ def running_app(checkpoints: Path, timeout: float = 120) -> Iterator[tuple[str, 
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(checkpoints)},
+        env={**os.environ, "BLOODVIZ_CHECKPOINTS": str(checkpoints), **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout

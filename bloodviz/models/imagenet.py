@@ -149,7 +149,8 @@ class VGG16Features(nn.Module):
     adaptation="13 VGG-16 convs with a global-average-pool + linear head (study 003 printed no "
     "head); the last max-pool dropped below 160 px",
     pretrained_source="vgg16",
-    recipe={"lr": 5e-4},
+    # no batch norm: like study 002's VGGs it needs a low rate and a clipped gradient norm
+    recipe={"lr": 5e-4, "grad_clip": 5.0},
     description="VGG-16 conv base from timm with a small head; 14.7M parameters.",
 )
 def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
