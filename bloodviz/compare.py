@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from bloodviz.checkpoints import Checkpoint, Predictions
 from bloodviz.literature import REPORTED, reported_for, study_of
@@ -193,6 +191,8 @@ class Curve:
 
 def roc_curves(preds: Predictions) -> list[Curve]:
     """One-vs-rest ROC per class (scikit-learn), with the AUC of each."""
+    from sklearn.metrics import roc_curve  # lazy, like scipy below: the first page needs neither
+
     curves = []
     for k, name in enumerate(preds.class_names):
         positive = preds.labels == k
@@ -205,6 +205,8 @@ def roc_curves(preds: Predictions) -> list[Curve]:
 
 def pr_curves(preds: Predictions) -> list[Curve]:
     """One-vs-rest precision-recall per class, with average precision (step-wise area)."""
+    from sklearn.metrics import precision_recall_curve
+
     curves = []
     for k, name in enumerate(preds.class_names):
         positive = preds.labels == k
@@ -239,6 +241,8 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
     right_b = np.asarray(pred_b) == np.asarray(y_true)
     b = int(np.sum(right_a & ~right_b))
     c = int(np.sum(~right_a & right_b))
+    from scipy.stats import binomtest  # 0.9 s to import: only head-to-head pays it
+
     p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {
         "n": int(len(right_a)),

@@ -1,11 +1,18 @@
-"""Dashboard benchmark: page render times from cache, and the running app's memory.
+"""Dashboard benchmark: cold start, page render times, and the running app's memory.
 
 ``python -m tools.pagebench`` starts ``streamlit run app.py`` on the shipped checkpoints and
-drives Debian's chromium through it with Playwright. For every dataset and every checkpoint
-(chosen alone in the sidebar) it opens every page, uploads one real test image on the upload
-page, and records how long each page took from the click until the script finished running
-(the first visit builds the caches; the figure that matters is a later, cached visit). At the
-end it prints the app process's resident memory now and at its peak (VmHWM).
+drives Debian's chromium through it with Playwright, in two passes over every dataset and every
+checkpoint (chosen alone in the sidebar):
+
+1. the comparison pages (leaderboard, report, head-to-head, studies, data, checkpoints), which
+   must never load a network: the app's peak resident memory after this pass (target 400 MB);
+2. the inspect pages: Grad-CAM, and upload-and-classify with one real test image and its
+   Grad-CAM overlay: the peak after the full tour (target 1.2 GB).
+
+It records how long each page took from the click until the script finished running (the first
+visit builds the caches; the figure that matters is a later, cached visit), and the cold start:
+seconds from launching the server until it answers, and until the first page is drawn
+(target 2 s).
 
 Needs the dev requirements (playwright) and ``/usr/bin/chromium``; not part of the test run.
 """
@@ -25,16 +32,21 @@ from bloodviz.inference import hardware_info, versions
 from tools.serve import CHROMIUM_ARGS, running_app
 
 REPO = Path(__file__).resolve().parent.parent
-PAGES = [
+COMPARISON_PAGES = [
     ("Leaderboard", "Leaderboard"),
     ("Model report", "Model report"),
     ("Head-to-head", "Head-to-head"),
     ("Studies vs bloodviz", "Studies vs bloodviz"),
     ("Data", "Data"),
-    ("Grad-CAM explorer", "Grad-CAM explorer"),
-    ("Upload and classify", "Upload and classify"),
     ("Checkpoints and provenance", "bloodviz: shipped checkpoints"),
 ]
+INSPECT_PAGES = [
+    ("Grad-CAM explorer", "Grad-CAM explorer"),
+    ("Upload and classify", "Upload and classify"),
+]
+PAGES = COMPARISON_PAGES + INSPECT_PAGES
+TARGETS_MB = {"comparison pages": 400, "full tour": 1200}
+COLD_START_TARGET_S = 2.0
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:
@@ -68,62 +80,87 @@ def _wait_idle(tab, timeout_ms: int = 120_000) -> None:
     )
 
 
-def _browse(url: str, pid: int, by_dataset: dict, upload: dict, args) -> tuple[dict, dict]:
-    """Every page for every checkpoint (alone in the sidebar); seconds per page visit."""
+def _choose(tab, sidebar, key: str | None, name: str) -> None:
+    """``key``'s dataset (when given) and this checkpoint alone in the sidebar."""
+    if key is not None:
+        sidebar.locator("[data-testid=stSelectbox]").first.click()
+        tab.get_by_role("option", name=key).click()
+        _wait_idle(tab)
+    models = sidebar.locator("[data-testid=stMultiSelect]")
+    clear = models.get_by_role("button", name="Clear all")
+    if clear.count():
+        clear.first.click()
+        _wait_idle(tab)
+    tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
+    box = models.get_by_role("combobox", name="Models").first
+    box.click()
+    box.fill(name)  # long option lists scroll: filter to the one wanted
+    tab.get_by_role("option", name=name, exact=True).click()
+    tab.keyboard.press("Escape")
+    _wait_idle(tab)
+
+
+def _browse(
+    tab, pid: int, pages: list, by_dataset: dict, upload: dict, timings: dict, first: dict, args
+) -> None:
+    """``pages`` for every checkpoint (alone in the sidebar); seconds per page visit."""
+    sidebar = tab.locator("[data-testid=stSidebar]")
+    for key, names in by_dataset.items():
+        for n, name in enumerate(names[: args.limit]):
+            _choose(tab, sidebar, key if n == 0 else None, name)
+            for link, heading in pages:
+                tick = time.perf_counter()
+                tab.get_by_role("link", name=link).click()
+                tab.get_by_role("heading", name=heading).wait_for()
+                _wait_idle(tab)
+                seconds = time.perf_counter() - tick
+                first.setdefault(link, seconds)
+                timings[link].append(seconds)
+                if link == "Upload and classify":
+                    tab.locator("input[type=file]").set_input_files(upload[key])
+                    tab.get_by_text("framing:").first.wait_for()
+                    _wait_idle(tab)
+                    tab.get_by_text("Grad-CAM overlay").click()
+                    tab.get_by_text("Grad-CAM for").first.wait_for()
+                    _wait_idle(tab)
+                if tab.locator("[data-testid=stException]").count():
+                    print(f"EXCEPTION on {link} with {key}/{name}")
+            rss, hwm = _memory_mb(pid)
+            print(f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB (peak {hwm:.0f} MB)")
+
+
+def _tour(url: str, pid: int, launched: float, by_dataset: dict, upload: dict, args) -> dict:
     from playwright.sync_api import sync_playwright
 
     timings: dict[str, list[float]] = defaultdict(list)
     first: dict[str, float] = {}
+    report = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=args.chromium,
-            args=list(CHROMIUM_ARGS),
-        )
+        browser = p.chromium.launch(executable_path=args.chromium, args=list(CHROMIUM_ARGS))
         tab = browser.new_page(viewport={"width": 1280, "height": 720})
         tab.set_default_timeout(120_000)
+        ready = time.perf_counter()
         tab.goto(url)
         tab.get_by_role("heading", name="Leaderboard").wait_for()
+        heading = time.perf_counter()
+        tab.locator("[data-testid=stDataFrame]").first.wait_for()
+        table = time.perf_counter()
+        tab.locator("[data-testid=stPlotlyChart]").first.wait_for()
         _wait_idle(tab)
-        sidebar = tab.locator("[data-testid=stSidebar]")
-        for key, names in by_dataset.items():
-            sidebar.locator("[data-testid=stSelectbox]").first.click()
-            tab.get_by_role("option", name=key).click()
-            _wait_idle(tab)
-            for name in names[: args.limit]:
-                # this checkpoint alone in the sidebar's model list
-                models = sidebar.locator("[data-testid=stMultiSelect]")
-                clear = models.get_by_role("button", name="Clear all")
-                if clear.count():
-                    clear.first.click()
-                    _wait_idle(tab)
-                tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
-                box = models.get_by_role("combobox", name="Models").first
-                box.click()
-                box.fill(name)  # long option lists scroll: filter to the one wanted
-                tab.get_by_role("option", name=name, exact=True).click()
-                tab.keyboard.press("Escape")
-                _wait_idle(tab)
-                for link, heading in PAGES:
-                    tick = time.perf_counter()
-                    tab.get_by_role("link", name=link).click()
-                    tab.get_by_role("heading", name=heading).wait_for()
-                    _wait_idle(tab)
-                    seconds = time.perf_counter() - tick
-                    first.setdefault(link, seconds)
-                    timings[link].append(seconds)
-                    if link == "Upload and classify":
-                        tab.locator("input[type=file]").set_input_files(upload[key])
-                        tab.get_by_text("framing:").first.wait_for()
-                        _wait_idle(tab)
-                    if tab.locator("[data-testid=stException]").count():
-                        print(f"EXCEPTION on {link} with {key}/{name}")
-                rss, hwm = _memory_mb(pid)
-                print(
-                    f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB "
-                    f"(peak {hwm:.0f} MB)"
-                )
+        drawn = time.perf_counter()
+        report["server answers (s after launch)"] = ready - launched
+        report["first page drawn (s after the server answers)"] = drawn - ready
+        report["stages"] = (heading - ready, table - ready)
+        for phase, pages in (("comparison pages", COMPARISON_PAGES), ("full tour", INSPECT_PAGES)):
+            _browse(tab, pid, pages, by_dataset, upload, timings, first, args)
+            report[phase] = _memory_mb(pid)
+            print(
+                f"after the {phase}: app resident {report[phase][0]:.0f} MB, peak "
+                f"{report[phase][1]:.0f} MB"
+            )
         browser.close()
-    return timings, first
+    report["timings"], report["first"] = timings, first
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         sample = str(ckpt.predictions("test").ids[0])
         upload[key] = data.open_image(sample).filename
 
+    launched = time.perf_counter()
     with running_app(args.checkpoints) as (url, pid):
         print(f"app started, resident {_memory_mb(pid)[0]:.0f} MB before any page")
-        timings, first = _browse(url, pid, by_dataset, upload, args)
-        rss, hwm = _memory_mb(pid)
+        report = _tour(url, pid, launched, by_dataset, upload, args)
+    timings, first = report["timings"], report["first"]
 
     visits = sum(len(v) for v in timings.values())
     print(
@@ -164,8 +202,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{link:28s} {first[link]:6.2f} {statistics.median(later):7.2f} {p90:6.2f} "
             f"{max(later):6.2f} {len(values):6d}"
         )
+    print()
+    server = report["server answers (s after launch)"]
+    drawn = report["first page drawn (s after the server answers)"]
+    verdict = "met" if drawn < COLD_START_TARGET_S else "MISSED"
+    heading, table = report["stages"]
+    print(
+        f"cold start: the server answers {server:.2f} s after launch; after that the title shows "
+        f"at {heading:.2f} s, the leaderboard table at {table:.2f} s and the whole first page "
+        f"(with its plot) at {drawn:.2f} s (target {COLD_START_TARGET_S:.0f} s: {verdict}); "
+        f"{server + drawn:.2f} s in all"
+    )
+    for phase, target in TARGETS_MB.items():
+        rss, hwm = report[phase]
+        verdict = "met" if hwm < target else "MISSED"
+        print(f"peak resident after the {phase}: {hwm:.0f} MB (target {target} MB: {verdict})")
     floor = import_floor_mb()
-    print(f"\napp process after browsing: resident {rss:.0f} MB, peak resident {hwm:.0f} MB")
+    rss, hwm = report["full tour"]
+    print(f"app process after browsing: resident {rss:.0f} MB, peak resident {hwm:.0f} MB")
     print(
         f"of which the import floor (a fresh process running only `{FLOOR_IMPORTS}`) is "
         f"{floor:.0f} MB; models, data and caches add {hwm - floor:.0f} MB at the peak"
