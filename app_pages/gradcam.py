@@ -31,18 +31,12 @@ if data.from_bank:
 split = first.default_split
 preds = ui.predictions(str(first.path), split)
 with st.expander("Pick a test cell", expanded=True):
-    # ?true=<class>&pred=<class> presets the filters: a confusion-matrix cell links here
+    # bound to ?true=<class>&pred=<class>: a confusion-matrix cell links here
     options = ["any", *classes]
-    preset_true = st.query_params.get("true", "any")
-    preset_pred = st.query_params.get("pred", "any")
     c1, c2, c3, c4 = st.columns(4)
-    true_class = c1.selectbox(
-        "True class", options, index=options.index(preset_true) if preset_true in options else 0
-    )
+    true_class = c1.selectbox("True class", options, key="true", bind="query-params")
     pred_class = c2.selectbox(
-        f"Predicted by {first.name}",
-        options,
-        index=options.index(preset_pred) if preset_pred in options else 0,
+        f"Predicted by {first.name}", options, key="pred", bind="query-params"
     )
     outcome = c3.selectbox("Outcome", ["any", "correct", "misclassified"])
     confidence = c4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05)
@@ -56,12 +50,19 @@ with st.expander("Pick a test cell", expanded=True):
     st.caption(f"{len(candidates)} of {len(preds.ids)} {split} cells match.")
     if len(candidates) == 0:
         st.stop()
-    sample = st.selectbox("Cell", candidates, key="gradcam_sample")
+    sample = st.selectbox("Cell", candidates, key="cell", bind="query-params")
 
 methods = st.multiselect(
-    "Methods", list(CAM_METHODS), default=["gradcam"], format_func=lambda m: CAM_METHODS[m][0]
+    "Methods",
+    list(CAM_METHODS),
+    default=["gradcam"],
+    format_func=lambda m: CAM_METHODS[m][0],
+    key="methods",
+    bind="query-params",
 )
-target_name = st.selectbox("Target class", ["predicted", *classes])
+target_name = st.selectbox(
+    "Target class", ["predicted", *classes], key="target", bind="query-params"
+)
 image = data.image(sample)
 truth = classes[preds.labels[list(preds.ids).index(sample)]]
 st.caption(f"**{sample}**, true class **{truth}**")

@@ -1,46 +1,113 @@
+import pandas as pd
 import streamlit as st
 
 from bloodviz import ui
 from bloodviz.checkpoints import evaluation_splits
-from bloodviz.compare import COST_COLUMNS, QUALITY_COLUMNS
+from bloodviz.compare import COST_COLUMNS, QUALITY_COLUMNS, filter_board, quality_band
 from bloodviz.plots import parallel_coordinates, tradeoff_scatter
 
 st.title("Leaderboard")
-key, ckpts = ui.current_selection()
-ui.need_models(key, ckpts)
+key, chosen = ui.current_selection()
+zoo = ui.dataset_checkpoints(key)
+ui.need_models(key, zoo)
 
+c1, c2 = st.columns([3, 2])
+only_chosen = c2.toggle(
+    "Only the sidebar's models",
+    key="lb_chosen",
+    bind="query-params",
+    help="Off: every model trained for this dataset (the whole zoo), narrowed by the filters.",
+)
+ckpts = chosen if only_chosen else zoo
+ui.need_models(key, ckpts)
 splits = evaluation_splits({s for c in ckpts for s in c.splits})
 if not splits:
     st.info("The chosen checkpoints have predictions for no split.")
     st.stop()
-split = st.segmented_control("Evaluated on", splits, default=splits[0], key="lb_split") or splits[0]
-board = ui.leaderboard(ui.paths(ckpts), split)
-if board.empty:
+with c1:
+    split = (
+        st.segmented_control(
+            "Evaluated on", splits, default=splits[0], key="lb_split", bind="query-params"
+        )
+        or splits[0]
+    )
+full_board = ui.leaderboard(ui.paths(ckpts), split)
+if full_board.empty:
     st.info(f"No chosen model has predictions for {split}.")
     st.stop()
+
+f1, f2, f3, f4 = st.columns([2, 2, 2, 2])
+studies = sorted(full_board["study"].unique())
+families = sorted(full_board["family"].unique())
+pick_studies = f1.multiselect(
+    "Study", studies, key="lb_study", bind="query-params", placeholder="all studies"
+)
+pick_families = f2.multiselect(
+    "Family", families, key="lb_family", bind="query-params", placeholder="all families"
+)
+min_accuracy = f3.slider(
+    "Minimum accuracy", 0.0, 1.0, 0.0, 0.01, key="lb_min_acc", bind="query-params"
+)
+whole_only = f4.toggle(
+    "Whole training split only",
+    key="lb_whole",
+    bind="query-params",
+    help="Leave out CPU-budget runs that trained on a subset of the training images.",
+)
+board = filter_board(
+    full_board,
+    studies=pick_studies or None,
+    families=pick_families or None,
+    whole_split_only=whole_only,
+    min_accuracy=min_accuracy,
+)
+e1, e2 = st.columns([2, 2])
+with_ensemble = e1.toggle(
+    "Add the ensemble of the sidebar's models",
+    key="lb_ensemble",
+    bind="query-params",
+    help="Their probabilities averaged, as one more row; its cost is the members' added up "
+    "(each image runs through all of them). `python -m bloodviz ensemble` chooses members on "
+    "validation predictions.",
+)
+weighted = e2.toggle("Weighted by validation accuracy", key="lb_weighted", bind="query-params")
+if with_ensemble:
+    members = [c for c in chosen if split in c.splits]
+    if len(members) >= 2:
+        row = ui.ensemble_row(ui.paths(members), split, weighted)
+        board = pd.concat([board, pd.DataFrame([row])], ignore_index=True).sort_values(
+            "accuracy", ascending=False, ignore_index=True
+        )
+    else:
+        st.info("Choose at least two models with predictions for this split in the sidebar.")
+if board.empty:
+    st.info(f"No model passes these filters ({len(full_board)} before filtering).")
+    st.stop()
 st.caption(
-    f"{len(board)} model(s) on **{key} / {split}**. Accuracy and macro-F1 carry 95% bootstrap "
-    "intervals over the test cells; latency, throughput and memory come from each checkpoint's "
-    "`bench-cpu.json` (`python -m bloodviz bench`), measured on the machine named there."
+    f"{len(board)} of {len(full_board)} model(s) on **{key} / {split}**. Accuracy and macro-F1 "
+    "carry 95% bootstrap intervals over the test cells; latency, throughput and memory come "
+    "from each checkpoint's `bench-cpu.json` (`python -m bloodviz bench`), measured on the "
+    "machine named there."
 )
 
 shown = board.assign(
     accuracy_ci=board.apply(lambda r: f"{r.accuracy_lo:.3f}–{r.accuracy_hi:.3f}", axis=1),
     macro_f1_ci=board.apply(lambda r: f"{r.macro_f1_lo:.3f}–{r.macro_f1_hi:.3f}", axis=1),
 )
+# key columns first: at 1280 px the model, its accuracy, F1 and cost show without scrolling
 columns = [
     "name",
-    "family",
-    "study",
     "accuracy",
     "accuracy_ci",
     "macro_f1",
+    "latency_ms",
+    "parameters",
+    "family",
+    "study",
     "macro_f1_ci",
     "auc",
     "ece",
-    "latency_ms",
     "throughput_ips",
-    "parameters",
     "mflops",
     "file_mb",
     "memory_mb",
@@ -81,19 +148,50 @@ if missing:
     )
 
 st.subheader("Trade-offs")
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 quality = c1.selectbox(
-    "Quality", ["accuracy", "macro_f1"], format_func=QUALITY_COLUMNS.get, key="lb_quality"
+    "Quality",
+    ["accuracy", "macro_f1"],
+    format_func=QUALITY_COLUMNS.get,
+    key="lb_quality",
+    bind="query-params",
 )
 cost = c2.selectbox(
-    "Cost", list(COST_COLUMNS), format_func=lambda c: COST_COLUMNS[c][0], key="lb_cost"
+    "Cost",
+    list(COST_COLUMNS),
+    format_func=lambda c: COST_COLUMNS[c][0],
+    key="lb_cost",
+    bind="query-params",
 )
 log_x = c3.toggle("Log x axis", value=True, key="lb_log")
+full_range = c4.toggle(
+    "Full range",
+    key="lb_full",
+    bind="query-params",
+    help="Off: the quality axis spans the band where the models differ.",
+)
+labelled = st.multiselect(
+    "Label these too (the Pareto front is always labelled)",
+    board["model"].tolist(),
+    key="lb_label",
+    bind="query-params",
+)
 if board[cost].notna().any():
-    ui.chart(tradeoff_scatter(board, cost, quality, log_x=log_x), key="lb_scatter")
+    band = None if full_range else quality_band(board[quality])
+    ui.chart(
+        tradeoff_scatter(board, cost, quality, log_x=log_x, labelled=labelled, quality_range=band),
+        key="lb_scatter",
+    )
+    below = board.loc[board[quality] < band[0], "model"].tolist() if band else []
     st.caption(
         "Dotted line: the Pareto front (no other model is both cheaper and better). Error bars: "
         "95% bootstrap intervals. Hover a point for its card."
+        + (
+            f" Below the shown band ({band[0]:.3f}), off the plot: {', '.join(below)}; "
+            "switch on **Full range** to see them."
+            if below
+            else ""
+        )
     )
 else:
     st.info(f"No chosen model has a figure for {COST_COLUMNS[cost][0]} yet.")

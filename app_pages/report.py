@@ -27,11 +27,11 @@ c1, c2 = st.columns([3, 1])
 model = c1.selectbox(
     "Model",
     list(by_name),
-    format_func=lambda m: by_name[m].run.display_name or m,
-    key="report_model",
+    key="report_model",  # ids, not display names: the address carries the option's text
+    bind="query-params",
 )
 ckpt = by_name[model]
-split = c2.selectbox("Split", ckpt.evaluation_splits, key="report_split")
+split = c2.selectbox("Split", ckpt.evaluation_splits, key="report_split", bind="query-params")
 metrics = ckpt.metrics()[split]
 preds = ui.predictions(str(ckpt.path), split)
 classes = list(ckpt.preprocessing.class_names)
@@ -49,7 +49,9 @@ if ckpt.predictions_only_reason:
     st.caption(f"Predictions only: {ckpt.predictions_only_reason}.")
 
 tab_report, tab_confusion, tab_curves, tab_history = st.tabs(
-    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"]
+    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"],
+    key="report_view",
+    bind="query-params",
 )
 with tab_report:
     report = classification_report_table(metrics)

@@ -3,6 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from bloodviz import ui
+from bloodviz.cellbank import sample_files
+from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import probability_bars
 from bloodviz.predict import classify, result_rows
 from bloodviz.preprocess import upscale
@@ -40,15 +42,40 @@ show_cam = st.toggle(
     help="Classification runs on ONNX Runtime; a saliency map needs the network's gradients, "
     "so the first overlay loads PyTorch (a few seconds, about 600 MB).",
 )
-if not files:
-    st.stop()
+truth: dict[str, str] = {}
+if files:
+    inputs = [(f.name, f.getvalue()) for f in files]
+else:
+    # a visitor without a microscope image (Community Cloud) tries real test cells instead
+    left, right = st.columns([3, 1])
+    if not left.toggle(
+        "No image at hand? Classify real test cells, one of each class",
+        key="samples",
+        bind="query-params",
+    ):
+        st.stop()
+    seed = st.session_state.setdefault("sample_seed", 0)
+    if right.button("Other cells", icon=":material/shuffle:"):
+        st.session_state["sample_seed"] = seed = seed + 1
+    try:
+        source = ui.cells(ckpts[0].dataset, ckpts[0].size)
+        samples = sample_files(source, split=ckpts[0].default_split or "test", seed=seed)
+    except (DataNotFoundError, KeyError, ValueError) as exc:
+        st.warning(f"No test cells to offer here ({exc}).")
+        st.stop()
+    st.caption(source.note)
+    inputs = [(name, data) for name, data, _ in samples]
+    truth = {name: true_class for name, _, true_class in samples}
+    framing = "cell"
 
 runners = {c.name: ui.runner(str(c.path)) for c in ckpts}
-with st.spinner(f"Classifying {len(files)} image(s)…"):
-    results = classify([(f.name, f.getvalue()) for f in files], ckpts, runners, framing)
+with st.spinner(f"Classifying {len(inputs)} image(s)…"):
+    results = classify(inputs, ckpts, runners, framing)
 
 rows = result_rows(results, classes)
 table = pd.DataFrame(rows)
+if truth:
+    table.insert(1, "true class", table["path"].map(truth))
 st.subheader("Results")
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button(
@@ -60,7 +87,7 @@ for result in results[:20]:
     if result.error:
         st.error(result.error)
         continue
-    st.subheader(result.name)
+    st.subheader(result.name + (f" (true class: {truth[result.name]})" if truth else ""))
     st.caption(f"framing: {result.framing}")
     left, right = st.columns([1, 2])
     left.image(upscale(result.cell, 256), caption="what the model sees")

@@ -179,6 +179,25 @@ class CellSource:
             return data.preprocessing().prepare(image, data.default_framing)
 
 
+def sample_files(
+    cells: CellSource, *, split: str = "test", per_class: int = 1, seed: int = 0
+) -> list[tuple[str, bytes, str]]:
+    """A few real cells to classify when a visitor has no image of their own: ``per_class``
+    of each class from ``split``, as (name, PNG bytes, true class). PNG keeps the cell exactly
+    as stored, and it goes through the same decoding as an upload."""
+    labels = cells.labels(split)
+    ids = cells.sample_ids(split)
+    rng = np.random.default_rng(seed)
+    files = []
+    for k, name in enumerate(cells.class_names):
+        members = np.flatnonzero(labels == k)
+        for i in rng.choice(members, size=min(per_class, len(members)), replace=False):
+            buffer = io.BytesIO()
+            Image.fromarray(cells.image(ids[i])).save(buffer, "PNG")
+            files.append((f"{ids[i]}", buffer.getvalue(), name))
+    return files
+
+
 def open_cells(name: str, size: int, data_root=None, bank_root: Path | None = None) -> CellSource:
     """The raw dataset if it opens here, else the shipped bank; else DataNotFoundError naming
     both."""

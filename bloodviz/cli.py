@@ -149,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser(
+        "ensemble",
+        help="choose up to N members on validation, report the ensemble on test vs its members",
+    )
+    p.add_argument("--dataset", required=True, help="a dataset key, e.g. pbc-64")
+    p.add_argument("--max-members", type=int, default=5)
+    p.add_argument("--models", nargs="+", default=None, help="members to use (default: chosen)")
+    p.add_argument("--weighted", action="store_true", help="weights: validation accuracy")
+    p.add_argument("--split", default=None, help="reported split (default: the dataset's first)")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
+    p = sub.add_parser(
         "export-onnx", help="export checkpoints to ONNX (cached; what the app's uploads run on)"
     )
     p.add_argument("checkpoint", nargs="+", type=Path, help="checkpoint folders")
@@ -226,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "gradcam":
             return _gradcam(args)
+        if args.command == "ensemble":
+            return _ensemble(args, command_line)
         if args.command == "export-onnx":
             return _export_onnx(args)
         if args.command == "cellbank":
@@ -437,6 +450,56 @@ def _cellbank(args, command_line: str) -> int:
         size = args.size or max(sizes, default=64)
         path = build_bank(name, size, data_root=args.data_root)
         print(f"{name}: {size} px cells -> {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
+def _ensemble(args, command_line: str) -> int:
+    from bloodviz.checkpoints import list_checkpoints
+    from bloodviz.compare import mcnemar
+    from bloodviz.ensemble import choose_members, ensemble_predictions
+    from bloodviz.metrics import classification_summary
+
+    ckpts = list_checkpoints(args.checkpoints, dataset_key=args.dataset)
+    if not ckpts:
+        raise ValueError(f"no checkpoints for {args.dataset}")
+    if args.models:
+        by_name = {c.name: c for c in ckpts}
+        unknown = [m for m in args.models if m not in by_name]
+        if unknown:
+            raise ValueError(f"no checkpoint {', '.join(unknown)} for {args.dataset}")
+        members = [by_name[m] for m in args.models]
+        how = "as given"
+    else:
+        members = choose_members(ckpts, max_members=args.max_members)
+        how = f"chosen greedily on validation accuracy among {len(ckpts)} checkpoints"
+    split = args.split or members[0].default_split
+    # the best member is the one best on validation: picking it on test would flatter it
+    best = max(members, key=lambda m: m.metrics()["val"]["accuracy"])
+    print(f"{command_line}\n{args.dataset}: members {how}: {', '.join(m.name for m in members)}")
+    print(f"reported on {split}; best member on validation: {best.name}\n")
+    print(f"{'model':44s} {'val acc':>8s} {split + ' acc':>10s} {'95% CI':>17s} {'macro-F1':>9s}")
+    ens = ensemble_predictions(members, split, weighted=args.weighted)
+    rows = [(m.name, m.metrics()["val"]["accuracy"], m.predictions(split)) for m in members]
+    val_ens = ensemble_predictions(members, "val", weighted=args.weighted)
+    val_acc = float((val_ens.predicted == val_ens.labels).mean())
+    kind = "weighted ensemble" if args.weighted else "ensemble"
+    rows.append((f"{kind} of the {len(members)} above", val_acc, ens))
+    for name, val, preds in rows:
+        m = classification_summary(preds.labels, preds.probs, preds.class_names)
+        lo, hi = m["accuracy_ci95"]
+        print(
+            f"{name:44s} {val:8.4f} {m['accuracy']:10.4f} {f'{lo:.4f}-{hi:.4f}':>17s} "
+            f"{m['macro_f1']:9.4f}"
+        )
+    best_preds = best.predictions(split)
+    order = {sid: i for i, sid in enumerate(best_preds.ids)}
+    idx = np.array([order[s] for s in ens.ids])
+    test = mcnemar(ens.labels, best_preds.predicted[idx], ens.predicted)
+    print(
+        f"\nensemble vs {best.name} on the {test['n']} shared {split} cells: only the ensemble "
+        f"right {test['only_b_right']}, only {best.name} right {test['only_a_right']}; McNemar "
+        f"exact p = {test['p_value']:.3g}"
+    )
     return 0
 
 

@@ -68,6 +68,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
                 "train_images": run.train_images,
                 "weights": "predictions only" if ckpt.predictions_only_reason else "shipped",
                 "trained_on": run.trained_on,
+                "whole_split": not run.is_cpu_budget,
                 "benchmarked": bool(bench),
                 "path": str(ckpt.path),
             }
@@ -76,6 +77,43 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
     if not frame.empty:
         frame = frame.sort_values("accuracy", ascending=False, ignore_index=True)
     return frame
+
+
+def filter_board(
+    board: pd.DataFrame,
+    *,
+    studies: list[str] | None = None,
+    families: list[str] | None = None,
+    whole_split_only: bool = False,
+    min_accuracy: float = 0.0,
+) -> pd.DataFrame:
+    """The leaderboard's rows that pass every given filter (``None`` lets everything pass)."""
+    keep = board["accuracy"] >= min_accuracy
+    if studies is not None:
+        keep &= board["study"].isin(studies)
+    if families is not None:
+        keep &= board["family"].isin(families)
+    if whole_split_only:
+        keep &= board["whole_split"].astype(bool)
+    return board[keep].reset_index(drop=True)
+
+
+def quality_band(
+    values, *, whisker: float = 1.0, pad: float = 0.01, ceiling: float = 1.0
+) -> tuple[float, float]:
+    """The range of a quality axis where models differ.
+
+    From the lower quartile minus ``whisker`` interquartile ranges (never below the worst
+    model) up to the best model, padded by ``pad``: a few failed runs far below then stop
+    squeezing the informative band into one line. ``ceiling`` caps the top (accuracy, F1)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return 0.0, ceiling
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    low = max(values.min(), q1 - whisker * (q3 - q1)) - pad
+    high = min(ceiling + pad, values.max() + pad)
+    return float(max(low, 0.0)), float(high)
 
 
 def _get(data: dict, *keys):

@@ -6,6 +6,8 @@ toolbar gives PNG export, and :data:`EXPORT_CONFIG` adds SVG.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -41,11 +43,26 @@ def tradeoff_scatter(
     cost: str = "latency_ms",
     quality: str = "accuracy",
     log_x: bool | None = None,
+    *,
+    labelled: Iterable[str] = (),
+    quality_range: tuple[float, float] | None = None,
 ) -> go.Figure:
-    """Quality against a cost, coloured by family, with 95% error bars and the Pareto front."""
+    """Quality against a cost, coloured by family, with 95% error bars and the Pareto front.
+
+    Only the Pareto front and the models in ``labelled`` carry a text label (every point has a
+    hover card): with a whole zoo, labels on every point pile up. ``quality_range`` sets the
+    quality axis (e.g. :func:`bloodviz.compare.quality_band`)."""
     label, higher_better, loggable = COST_COLUMNS[cost]
     data = board.dropna(subset=[cost, quality]).copy()
+    front = (
+        pareto_front(data[cost], data[quality], lower_cost_better=not higher_better)
+        if len(data)
+        else np.zeros(0, dtype=bool)
+    )
+    shown = front | data["model"].isin(list(labelled)).to_numpy()
+    data["label"] = np.where(shown, data["model"], "")
     hover = {
+        "model": True,
         "name": True,
         "family": True,
         "study": True,
@@ -54,6 +71,7 @@ def tradeoff_scatter(
         "file_mb": ":.1f",
         "pretrained": True,
         "epochs": True,
+        "label": False,
         cost: False,
         quality: ":.4f",
     }
@@ -68,7 +86,7 @@ def tradeoff_scatter(
         x=cost,
         y=quality,
         color="family",
-        text="model",
+        text="label",
         hover_data={k: v for k, v in hover.items() if k in data},
         log_x=loggable if log_x is None else log_x,
         color_discrete_sequence=PALETTE,
@@ -76,7 +94,6 @@ def tradeoff_scatter(
     )
     fig.update_traces(textposition="top center", marker={"size": 12})
     if len(data):
-        front = pareto_front(data[cost], data[quality], lower_cost_better=not higher_better)
         frontier = data[front].sort_values(cost)
         fig.add_trace(
             go.Scatter(
@@ -90,6 +107,8 @@ def tradeoff_scatter(
         )
     fig.update_xaxes(title=label)
     fig.update_yaxes(title=QUALITY_COLUMNS.get(quality, quality))
+    if quality_range is not None:
+        fig.update_yaxes(range=list(quality_range))
     return _style(fig, f"{QUALITY_COLUMNS.get(quality, quality)} vs {label}", height=540)
 
 

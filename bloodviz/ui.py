@@ -17,7 +17,14 @@ from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, 
 # opening the app at once imported these concurrently, and Python's per-module import locks
 # gave one thread a half-initialised bloodviz.compare ("cannot import name 'filter_cells'").
 # app.py imports a page's modules here, one thread at a time, before the page runs.
-LIGHT_MODULES = ("bloodviz.compare", "bloodviz.plots", "bloodviz.metrics", "bloodviz.tables")
+LIGHT_MODULES = (
+    "bloodviz.compare",
+    "bloodviz.plots",
+    "bloodviz.metrics",
+    "bloodviz.tables",
+    "bloodviz.cellbank",
+    "bloodviz.ensemble",
+)
 PAGE_MODULES = {
     "gradcam": (*LIGHT_MODULES, "bloodviz.explain"),
     "upload": (*LIGHT_MODULES, "bloodviz.predict"),
@@ -119,13 +126,19 @@ def explainer(path: str):
     return _explainer(path, version(path))
 
 
-@st.cache_resource(show_spinner="Indexing the dataset…")
 def cells(name: str, size: int):
     """The dataset's cells as the models saw them: the raw images where they are on this
     machine, else the shipped cell bank (a fresh clone, Community Cloud)."""
+    import os
+
+    return _cells(name, size, os.environ.get("BLOODVIZ_DATA"))
+
+
+@st.cache_resource(show_spinner="Indexing the dataset…")
+def _cells(name: str, size: int, data_root: str | None):
     from bloodviz.cellbank import open_cells
 
-    return open_cells(name, size)
+    return open_cells(name, size, data_root)
 
 
 def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
@@ -140,7 +153,13 @@ def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
         st.session_state["_selection"] = (None, [])
         return None, []
     keys = sorted(available)
-    key = st.sidebar.selectbox("Dataset", keys, key="dataset")
+    # open on the dataset with the most checkpoints (pbc-64): the zoo, not two stray models
+    fullest = max(keys, key=lambda k: len(available[k]))
+    # bind: the address carries the choice (?dataset=...&models-pbc-64=...), so a reload or a
+    # shared link reopens the same view
+    key = st.sidebar.selectbox(
+        "Dataset", keys, index=keys.index(fullest), key="dataset", bind="query-params"
+    )
     ckpts = [checkpoint(p) for p in available[key]]
     names = [c.name for c in ckpts]
     selected = st.sidebar.multiselect(
@@ -148,8 +167,9 @@ def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
         names,
         default=best_models(tuple(available[key])),
         key=f"models-{key}",
+        bind="query-params",
         help=f"{len(names)} trained for {key}; the {DEFAULT_MODELS} most accurate are chosen "
-        "at first",
+        "at first. The leaderboard shows the whole zoo unless told to keep to these.",
     )
     chosen = [c for c in ckpts if c.name in selected]
     st.session_state["_selection"] = (key, [str(c.path) for c in chosen])
@@ -193,6 +213,13 @@ def current_selection() -> tuple[str | None, list[Checkpoint]]:
     return key, [checkpoint(p) for p in paths]
 
 
+def dataset_checkpoints(key: str | None) -> list[Checkpoint]:
+    """Every checkpoint of the dataset ``key`` (the whole zoo), whatever the sidebar chose."""
+    if key is None:
+        return []
+    return [checkpoint(p) for p in checkpoint_paths(store_fingerprint()).get(key, [])]
+
+
 # -- comparison pages ---------------------------------------------------------------------------
 def leaderboard(paths: tuple[str, ...], split: str):
     return _leaderboard(paths, split, tuple(version(p) for p in paths))
@@ -203,6 +230,31 @@ def _leaderboard(paths: tuple[str, ...], split: str, written: tuple[int, ...]):
     from bloodviz.compare import leaderboard as build
 
     return build([checkpoint(p) for p in paths], split)
+
+
+def ensemble_row(paths: tuple[str, ...], split: str, weighted: bool) -> dict:
+    return _ensemble_row(paths, split, weighted, tuple(version(p) for p in paths))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _ensemble_row(paths: tuple[str, ...], split: str, weighted: bool, written: tuple) -> dict:
+    from bloodviz.ensemble import leaderboard_row
+
+    return leaderboard_row([checkpoint(p) for p in paths], split, weighted=weighted)
+
+
+def ensemble(paths: tuple[str, ...], split: str, weighted: bool = False):
+    """(predictions, metrics) of the ensemble of ``paths`` on ``split``."""
+    return _ensemble(paths, split, weighted, tuple(version(p) for p in paths))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _ensemble(paths: tuple[str, ...], split: str, weighted: bool, written: tuple):
+    from bloodviz.ensemble import ensemble_predictions
+    from bloodviz.metrics import classification_summary
+
+    preds = ensemble_predictions([checkpoint(p) for p in paths], split, weighted=weighted)
+    return preds, classification_summary(preds.labels, preds.probs, preds.class_names)
 
 
 def predictions(path: str, split: str):

@@ -226,3 +226,82 @@ def test_every_page_shows_cells_without_the_datasets(monkeypatch, tmp_path):
     assert not app.warning, [w.value for w in app.warning]
     assert any("cell bank" in c.value for c in app.caption)
     assert any("ROAD score" in c.value for c in app.caption)
+
+
+def test_a_shared_link_reopens_the_view():
+    """The address carries the dataset, the models and each page's main choice."""
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    app.query_params.update(
+        {
+            "dataset": "blood-cells-64",
+            "models-blood-cells-64": ["resnet18", "acnet", "mycnn_v4"],
+            "report_model": "acnet",
+            "report_split": "test_simple",
+        }
+    )
+    app.run()
+    assert app.selectbox(key="dataset").value == "blood-cells-64"
+    assert app.multiselect(key="models-blood-cells-64").value == ["resnet18", "acnet", "mycnn_v4"]
+    app.switch_page("app_pages/report.py").run()
+    assert not app.exception
+    assert app.selectbox(key="report_model").value == "acnet"
+    assert app.selectbox(key="report_split").value == "test_simple"
+    assert any("on blood-cells-64 / test_simple" in c.value for c in app.caption)
+
+    pair = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    pair.query_params.update({"h2h_a": "cnn002_bn", "h2h_b": "cnn_baseline"})
+    pair.run().switch_page("app_pages/head_to_head.py").run()
+    assert not pair.exception
+    assert (pair.selectbox(key="h2h_a").value, pair.selectbox(key="h2h_b").value) == (
+        "cnn002_bn",
+        "cnn_baseline",
+    )
+
+
+def test_an_invalid_link_falls_back_to_the_defaults():
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    app.query_params.update({"dataset": "no-such-set", "lb_split": "nonsense"})
+    app.run()
+    assert not app.exception
+    assert app.selectbox(key="dataset").value == "pbc-64"  # the fullest dataset
+    assert any("model(s) on **pbc-64 / test**" in c.value for c in app.caption)
+
+
+def test_upload_page_offers_real_cells_without_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOODVIZ_DATA", str(tmp_path))  # no dataset: the shipped cell bank
+    app = app_test(monkeypatch, REPO / "checkpoints").run()
+    app.switch_page("app_pages/upload.py").run()
+    assert not app.dataframe  # nothing classified until asked
+    app.toggle(key="samples").set_value(True).run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    cells = table.drop_duplicates("path")
+    assert len(cells) == 8  # one test cell of each pbc class
+    assert sorted(cells["true class"]) == sorted(
+        ["basophil", "eosinophil", "erythroblast", "ig"]
+        + ["lymphocyte", "monocyte", "neutrophil", "platelet"]
+    )
+    ensemble = table[table["model"] == "ensemble"]
+    assert (ensemble["predicted"] == ensemble["true class"]).mean() >= 0.75
+    first = list(cells["path"])
+    app.button[0].click().run()  # other cells
+    assert list(app.dataframe[0].value.drop_duplicates("path")["path"]) != first
+
+
+def test_the_ensemble_joins_the_leaderboard_and_head_to_head():
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    chosen = app.multiselect(key="models-pbc-64").value
+    app.toggle(key="lb_ensemble").set_value(True).run()
+    assert not app.exception
+    board = app.dataframe[0].value
+    row = board[board["name"].str.startswith("ensemble of")]
+    from bloodviz.checkpoints import list_checkpoints
+
+    assert len(row) == 1 and len(board) == len(list_checkpoints(dataset_key="pbc-64")) + 1
+    assert row["parameters"].iloc[0] > 0  # the members' parameters added up
+    app.switch_page("app_pages/head_to_head.py")
+    app.query_params.update({"h2h_b": "ensemble"})
+    app.run()
+    assert not app.exception
+    assert [m.label for m in app.metric][:2] == [f"A: {chosen[0]}", "B: ensemble"]
+    assert any("McNemar" in m.label for m in app.metric)

@@ -175,3 +175,60 @@ def test_like_for_like_flags_pretraining_and_cpu_budget_runs():
         "no: study ImageNet, ours from scratch; ours a CPU-budget run on a training subset"
     )
     assert _like_for_like(scratch, None, None) == ""
+
+
+def test_quality_band_leaves_failed_runs_below_it():
+    import bloodviz.compare as compare
+
+    zoo = np.array([0.98, 0.975, 0.97, 0.965, 0.96, 0.955, 0.95, 0.94, 0.93, 0.27, 0.10])
+    low, high = compare.quality_band(zoo)
+    assert 0.27 < low < 0.93  # the failed runs fall below, every working model is inside
+    assert high == pytest.approx(0.99)
+    assert compare.quality_band([0.5, 0.6]) == pytest.approx((0.49, 0.61))
+    assert compare.quality_band([np.nan]) == (0.0, 1.0)
+    assert compare.quality_band([0.999, 1.0])[1] == pytest.approx(1.01)  # ceiling + pad
+
+
+def test_filter_board_applies_every_filter():
+    import pandas as pd
+
+    import bloodviz.compare as compare
+
+    board = pd.DataFrame(
+        {
+            "model": ["a", "b", "c", "d"],
+            "study": ["002", "002", "003", "-"],
+            "family": ["VGG", "CNN", "ResNet", "CNN"],
+            "whole_split": [True, False, True, True],
+            "accuracy": [0.97, 0.95, 0.80, 0.99],
+        }
+    )
+    assert list(compare.filter_board(board)["model"]) == ["a", "b", "c", "d"]
+    assert list(compare.filter_board(board, studies=["002"])["model"]) == ["a", "b"]
+    assert list(compare.filter_board(board, families=["CNN"])["model"]) == ["b", "d"]
+    assert list(compare.filter_board(board, whole_split_only=True)["model"]) == ["a", "c", "d"]
+    assert list(compare.filter_board(board, min_accuracy=0.96)["model"]) == ["a", "d"]
+    both = compare.filter_board(board, studies=["002"], whole_split_only=True)
+    assert list(both["model"]) == ["a"]
+
+
+def test_tradeoff_scatter_labels_the_front_and_the_chosen_only():
+    import pandas as pd
+
+    from bloodviz.plots import tradeoff_scatter
+
+    board = pd.DataFrame(
+        {
+            "model": ["cheap", "best", "dominated", "picked"],
+            "name": ["cheap", "best", "dominated", "picked"],
+            "family": ["CNN"] * 4,
+            "latency_ms": [1.0, 10.0, 20.0, 30.0],
+            "accuracy": [0.90, 0.98, 0.95, 0.94],
+        }
+    )
+    fig = tradeoff_scatter(board, "latency_ms", "accuracy", labelled=["picked"])
+    texts = [t for trace in fig.data if trace.text is not None for t in trace.text]
+    assert sorted(t for t in texts if t) == ["best", "cheap", "picked"]
+    assert "dominated" not in texts
+    ranged = tradeoff_scatter(board, "latency_ms", "accuracy", quality_range=(0.93, 0.99))
+    assert tuple(ranged.layout.yaxis.range) == (0.93, 0.99)

@@ -41,11 +41,21 @@ def test_leaderboard_is_the_default_page_and_reacts(monkeypatch, store):
     assert len(charts) == 2 and "parameters" in charts[0].proto.spec
     _box(app, "Cost").set_value("file_mb").run()
     assert "checkpoint file (MB)" in app.get("plotly_chart")[0].proto.spec
-    # deselecting a model in the sidebar shrinks the leaderboard
+    # the leaderboard shows the whole zoo; the sidebar's choice only when asked
     models = next(m for m in app.sidebar.multiselect if m.label == "Models")
     models.set_value(["cnn_baseline"]).run()
+    assert len(app.dataframe[0].value) == 2
+    app.toggle(key="lb_chosen").set_value(True).run()
     assert len(app.dataframe[0].value) == 1
     assert len(app.get("plotly_chart")) == 1  # the scatter; no parallel axes for one model
+    app.toggle(key="lb_chosen").set_value(False).run()
+    # the filters narrow it: a study, then a minimum accuracy no tiny model reaches
+    app.multiselect(key="lb_study").set_value(["002"]).run()
+    assert list(app.dataframe[0].value["name"]) == ["Basic CNN, 4 conv layers (study 002)"]
+    app.multiselect(key="lb_study").set_value([]).run()
+    app.slider(key="lb_min_acc").set_value(0.99).run()
+    assert not app.exception
+    assert any("No model passes these filters (2 before filtering)" in i.value for i in app.info)
 
 
 def test_leaderboard_without_benchmarks_says_which_command(monkeypatch, store):
