@@ -86,13 +86,28 @@ def tradeoff_scatter(
         x=cost,
         y=quality,
         color="family",
-        text="label",
         hover_data={k: v for k, v in hover.items() if k in data},
         log_x=loggable if log_x is None else log_x,
         color_discrete_sequence=PALETTE,
         **error,
     )
-    fig.update_traces(textposition="top center", marker={"size": 12})
+    fig.update_traces(marker={"size": 12})
+    named = data[shown].sort_values(cost)
+    if len(named):
+        # one text trace, labels alternating above and below along the cost axis: neighbours
+        # on the front sit close together, and plotly does not move colliding labels
+        fig.add_trace(
+            go.Scatter(
+                x=named[cost],
+                y=named[quality],
+                text=named["label"],
+                mode="text",
+                textposition=(["top center", "bottom center"] * len(named))[: len(named)],
+                textfont={"size": 13, "color": "#222"},
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
     if len(data):
         frontier = data[front].sort_values(cost)
         fig.add_trace(

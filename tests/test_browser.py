@@ -89,9 +89,12 @@ def _open(tab, link: str, heading: str) -> None:
 
 
 def test_leaderboard_page(page):
+    """The first screen: pbc-64 (the fullest dataset) with its whole zoo."""
+    from bloodviz.checkpoints import list_checkpoints
+
     expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible()
-    _choose_dataset(page, "pbc-64")
-    expect(page.get_by_text("on pbc-64 / test")).to_be_visible()
+    zoo = len(list_checkpoints(dataset_key="pbc-64"))
+    expect(page.get_by_text(f"{zoo} of {zoo} model(s) on pbc-64 / test")).to_be_visible()
     expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
     expect(page.get_by_text("Pareto front").first).to_be_visible()
     expect(page.locator("[data-testid=stPlotlyChart]").nth(1)).to_be_visible()
@@ -256,5 +259,34 @@ def test_pages_show_cells_from_the_bank_without_any_data(page, server_without_da
         expect(tab.locator("[data-testid=stImage]").nth(1)).to_be_visible()
         _no_exception(tab)
         _shot(tab, "10-gradcam-without-dataset.png")
+    finally:
+        tab.close()
+
+
+def test_a_view_survives_a_reload_and_a_shared_link(page, server):
+    """Choices go into the address: a reload, or the link opened elsewhere, shows them."""
+    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        tab.goto(server + "/report?dataset=blood-cells-64&report_model=acnet")
+        expect(tab.get_by_role("heading", name="Model report")).to_be_visible()
+        expect(tab.get_by_text("on blood-cells-64 / test").first).to_be_visible()
+        tab.get_by_role("tab", name="Confusion matrix").click()
+        expect(tab.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
+        tab.wait_for_function("() => location.search.includes('report_view=')")
+        url = tab.url
+        assert "report_model=acnet" in url and "dataset=blood-cells-64" in url
+        tab.reload()
+        expect(tab.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
+        _no_exception(tab)
+        other = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+        other.goto(url)  # a shared link: a new session
+        expect(other.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
+        from bloodviz.checkpoints import find_checkpoint
+
+        acnet = find_checkpoint("blood-cells", "acnet", 64).run.display_name
+        expect(other.get_by_text(f"{acnet} on blood-cells-64 / test").first).to_be_visible()
+        _no_exception(other)
+        _shot(other, "11-reopened-link.png")
+        other.close()
     finally:
         tab.close()

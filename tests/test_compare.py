@@ -227,8 +227,8 @@ def test_tradeoff_scatter_labels_the_front_and_the_chosen_only():
         }
     )
     fig = tradeoff_scatter(board, "latency_ms", "accuracy", labelled=["picked"])
-    texts = [t for trace in fig.data if trace.text is not None for t in trace.text]
-    assert sorted(t for t in texts if t) == ["best", "cheap", "picked"]
+    texts = [t for trace in fig.data if trace.mode == "text" for t in trace.text]
+    assert sorted(texts) == ["best", "cheap", "picked"]
     assert "dominated" not in texts
     ranged = tradeoff_scatter(board, "latency_ms", "accuracy", quality_range=(0.93, 0.99))
     assert tuple(ranged.layout.yaxis.range) == (0.93, 0.99)
