@@ -197,3 +197,34 @@ else:
     st.info(f"No chosen model has a figure for {COST_COLUMNS[cost][0]} yet.")
 if len(board) >= 2:
     ui.chart(parallel_coordinates(board), key="lb_parallel")
+
+with st.expander("Export for slides", icon=":material/slideshow:"):
+    st.caption(
+        "One self-contained HTML file (opens offline), or a zip with it, the table as CSV and "
+        "every figure as SVG and PNG: this view's leaderboard and trade-off plot, then per-class "
+        "F1 and a confusion matrix for each of the sidebar's models."
+    )
+    with_cams = st.toggle(
+        "Add a Grad-CAM grid of the sidebar's models on one test cell (loads PyTorch)",
+        key="export_cams",
+    )
+    export = ui.slide_export(
+        key, split, board, chosen, cost=cost, quality=quality, with_cams=with_cams
+    )
+    d1, d2 = st.columns(2)
+    d1.download_button(
+        "Download HTML report",
+        export.html,
+        f"bloodviz-{key}-{split}.html",
+        "text/html",
+        icon=":material/download:",
+        on_click="ignore",
+    )
+    d2.download_button(
+        "Download zip (HTML, CSV, SVG, PNG)",
+        export.zip,
+        f"bloodviz-{key}-{split}.zip",
+        "application/zip",
+        icon=":material/folder_zip:",
+        on_click="ignore",
+    )

@@ -257,6 +257,70 @@ def _ensemble(paths: tuple[str, ...], split: str, weighted: bool, written: tuple
     return preds, classification_summary(preds.labels, preds.probs, preds.class_names)
 
 
+class SlideExport:
+    """Builds the slide export only when a download button asks for it (its callables run on
+    their own thread when clicked), once for both buttons."""
+
+    def __init__(self, build):
+        self._build = build
+        self._lock = threading.Lock()
+        self._done: tuple[str, bytes] | None = None
+
+    def _get(self) -> tuple[str, bytes]:
+        with self._lock:
+            if self._done is None:
+                self._done = self._build()
+            return self._done
+
+    def html(self) -> str:
+        return self._get()[0]
+
+    def zip(self) -> bytes:
+        return self._get()[1]
+
+
+def slide_export(key, split, board, chosen, *, cost, quality, with_cams) -> SlideExport:
+    """The current leaderboard view as an HTML report and a zip, built on the first click."""
+    import time
+
+    import bloodviz
+
+    paths_ = paths(chosen)
+    header = [
+        f"Dataset {key}, split {split}; {len(board)} model(s) in the table: "
+        + ", ".join(board["model"]),
+        f"Figures per model for the sidebar's choice: {', '.join(c.name for c in chosen)}",
+        f"Made by bloodviz {bloodviz.__version__} on {time.strftime('%Y-%m-%d %H:%M %Z')} from "
+        "the checkpoints' cached predictions and benchmarks; each model's own run:",
+        *[
+            f"  {c.name}: {c.run.command} ({c.run.device}, finished {c.run.finished_at})"
+            for c in chosen
+        ],
+    ]
+
+    def build() -> tuple[str, bytes]:
+        from bloodviz.export import cam_grid, render_html, render_zip, report_figures
+
+        ckpts = [checkpoint(p) for p in paths_]
+        figures = report_figures(ckpts, board, split, cost=cost, quality=quality)
+        images = {}
+        if with_cams and ckpts:
+            source = cells(ckpts[0].dataset, ckpts[0].size)
+            sample = str(ckpts[0].predictions(split).ids[0])
+            caption = f"{sample}; columns: the cell, then " + ", ".join(c.name for c in ckpts)
+            images["Grad-CAM"] = (cam_grid(ckpts, source.image(sample)), caption)
+        page = render_html(
+            title=f"bloodviz: {key} / {split}",
+            header=header,
+            board=board,
+            figures=figures,
+            images=images,
+        )
+        return page, render_zip(page, board, figures, images)
+
+    return SlideExport(build)
+
+
 def predictions(path: str, split: str):
     return _predictions(path, split, version(path))
 

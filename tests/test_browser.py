@@ -290,3 +290,23 @@ def test_a_view_survives_a_reload_and_a_shared_link(page, server):
         other.close()
     finally:
         tab.close()
+
+
+def test_slide_export_opens_in_the_browser(page, tmp_path):
+    """One click exports the view; the file opens offline with its header and figures."""
+    _open(page, "Leaderboard", "Leaderboard")
+    page.get_by_text("Export for slides").click()
+    with page.expect_download(timeout=300_000) as download:
+        page.get_by_role("button", name="Download HTML report").click()
+    saved = tmp_path / "report.html"
+    download.value.save_as(saved)
+    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        tab.goto(saved.as_uri())
+        expect(tab.get_by_text("Dataset pbc-64, split test").first).to_be_visible()
+        expect(tab.locator(".plotly-graph-div").first).to_be_visible()
+        expect(tab.get_by_role("heading", name="tradeoff")).to_be_visible()
+        assert tab.locator(".plotly-graph-div").count() >= 3
+        _shot(tab, "12-slide-export.png")
+    finally:
+        tab.close()
