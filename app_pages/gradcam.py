@@ -12,7 +12,7 @@ from bloodviz.preprocess import upscale
 
 st.title("Grad-CAM explorer")
 key, ckpts = ui.current_selection()
-ckpts = ui.with_weights(ckpts)
+ckpts = ui.at_most_loaded(ui.with_weights(ckpts), "Grad-CAM")
 if not ckpts:
     st.info(
         f"Choose a dataset and models in the sidebar. No checkpoint yet? `{ui.train_hint(key)}`"

@@ -195,7 +195,11 @@ if board[cost].notna().any():
     )
 else:
     st.info(f"No chosen model has a figure for {COST_COLUMNS[cost][0]} yet.")
-if len(board) >= 2:
+# off by default: with a whole zoo its lines tangle, and its WebGL canvas is the slowest
+# thing on the page to draw in a browser without a GPU
+if len(board) >= 2 and st.toggle(
+    "Parallel coordinates (every model across every axis)", key="lb_parcoords"
+):
     ui.chart(parallel_coordinates(board), key="lb_parallel")
 
 with st.expander("Export for slides", icon=":material/slideshow:"):

@@ -2,6 +2,7 @@ import numpy as np
 import streamlit as st
 
 from bloodviz import ui
+from bloodviz.checkpoints import evaluation_splits
 from bloodviz.compare import (
     cell_samples,
     classification_report_table,
@@ -9,6 +10,7 @@ from bloodviz.compare import (
     pr_curves,
     roc_curves,
 )
+from bloodviz.ensemble import ENSEMBLE_NAME
 from bloodviz.metrics import confusion_matrix, reliability_bins
 from bloodviz.plots import (
     confusion_heatmap,
@@ -26,27 +28,45 @@ by_name = {c.name: c for c in ui.ranked(ckpts)}
 c1, c2 = st.columns([3, 1])
 model = c1.selectbox(
     "Model",
-    list(by_name),
+    [*by_name, ENSEMBLE_NAME] if len(by_name) >= 2 else list(by_name),
     key="report_model",  # ids, not display names: the address carries the option's text
     bind="query-params",
 )
-ckpt = by_name[model]
-split = c2.selectbox("Split", ckpt.evaluation_splits, key="report_split", bind="query-params")
-metrics = ckpt.metrics()[split]
-preds = ui.predictions(str(ckpt.path), split)
+is_ensemble = model == ENSEMBLE_NAME
+# the ensemble is reported where all its members were evaluated, on their first one's cells
+ckpt = next(iter(by_name.values())) if is_ensemble else by_name[model]
+splits = (
+    evaluation_splits(set.intersection(*(set(c.splits) for c in by_name.values())))
+    if is_ensemble
+    else ckpt.evaluation_splits
+)
+split = c2.selectbox("Split", splits, key="report_split", bind="query-params")
+if is_ensemble:
+    preds, metrics = ui.ensemble(ui.paths(list(by_name.values())), split)
+else:
+    metrics = ckpt.metrics()[split]
+    preds = ui.predictions(str(ckpt.path), split)
 classes = list(ckpt.preprocessing.class_names)
 run = ckpt.run
 
-st.caption(
-    f"**{run.display_name or model}** on {key} / {split}: n = {metrics['n']}, "
-    f"accuracy {metrics['accuracy']:.4f} (95% CI {metrics['accuracy_ci95'][0]:.4f}–"
-    f"{metrics['accuracy_ci95'][1]:.4f}), macro-F1 {metrics['macro_f1']:.4f}. "
-    f"{run.training_summary.capitalize()} on {run.device} "
-    f"({run.pretrained_label}), "
-    f"finished {run.finished_at}: `{run.command}`"
+quality = (
+    f"n = {metrics['n']}, accuracy {metrics['accuracy']:.4f} (95% CI "
+    f"{metrics['accuracy_ci95'][0]:.4f}–{metrics['accuracy_ci95'][1]:.4f}), macro-F1 "
+    f"{metrics['macro_f1']:.4f}."
 )
-if ckpt.predictions_only_reason:
-    st.caption(f"Predictions only: {ckpt.predictions_only_reason}.")
+if is_ensemble:
+    st.caption(
+        f"**Ensemble** of the sidebar's {len(by_name)} models ({', '.join(by_name)}): the mean "
+        f"of their probabilities, on {key} / {split}: {quality}"
+    )
+else:
+    st.caption(
+        f"**{run.display_name or model}** on {key} / {split}: {quality} "
+        f"{run.training_summary.capitalize()} on {run.device} ({run.pretrained_label}), "
+        f"finished {run.finished_at}: `{run.command}`"
+    )
+    if ckpt.predictions_only_reason:
+        st.caption(f"Predictions only: {ckpt.predictions_only_reason}.")
 
 tab_report, tab_confusion, tab_curves, tab_history = st.tabs(
     ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"],
@@ -144,7 +164,9 @@ with tab_curves:
 
 with tab_history:
     history = ckpt.history()
-    if history.empty:
+    if is_ensemble:
+        st.info("An ensemble has no training run of its own: each member's is in its report.")
+    elif history.empty:
         st.info("This checkpoint has no training history.")
     else:
         ui.chart(training_curves(history), key="report_history")

@@ -384,6 +384,19 @@ def need_models(key: str | None, ckpts: list[Checkpoint], at_least: int = 1) -> 
     st.stop()
 
 
+def at_most_loaded(ckpts: list[Checkpoint], page: str) -> list[Checkpoint]:
+    """The most accurate ``MODELS_IN_MEMORY`` of the chosen models: pages that run networks
+    keep to the models the app holds in memory at once (more would reload them every visit)."""
+    if len(ckpts) <= MODELS_IN_MEMORY:
+        return ckpts
+    kept = ranked(ckpts)[:MODELS_IN_MEMORY]
+    st.caption(
+        f"{page} runs the {MODELS_IN_MEMORY} most accurate of the {len(ckpts)} chosen models "
+        f"({', '.join(c.name for c in kept)}); choose fewer in the sidebar to pick others."
+    )
+    return kept
+
+
 def with_weights(ckpts: list[Checkpoint]) -> list[Checkpoint]:
     """The chosen checkpoints that can run on an image; says which ship predictions only."""
     runnable = [c for c in ckpts if c.has_weights]

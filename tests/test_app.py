@@ -305,3 +305,14 @@ def test_the_ensemble_joins_the_leaderboard_and_head_to_head():
     assert not app.exception
     assert [m.label for m in app.metric][:2] == [f"A: {chosen[0]}", "B: ensemble"]
     assert any("McNemar" in m.label for m in app.metric)
+
+
+def test_the_ensemble_has_a_report():
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    app.switch_page("app_pages/report.py")
+    app.query_params.update({"report_model": "ensemble"})
+    app.run()
+    assert not app.exception
+    assert app.caption[0].value.startswith("**Ensemble** of the sidebar's 4 models")
+    assert any("no training run of its own" in i.value for i in app.info)
+    assert app.dataframe[0].value["class"].iloc[-1] == "weighted avg"

@@ -97,6 +97,7 @@ def test_leaderboard_page(page):
     expect(page.get_by_text(f"{zoo} of {zoo} model(s) on pbc-64 / test")).to_be_visible()
     expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
     expect(page.get_by_text("Pareto front").first).to_be_visible()
+    page.get_by_text("Parallel coordinates (every model").click()
     expect(page.locator("[data-testid=stPlotlyChart]").nth(1)).to_be_visible()
     _no_exception(page)
     _shot(page, "1-leaderboard.png")

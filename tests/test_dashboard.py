@@ -33,8 +33,10 @@ def test_leaderboard_is_the_default_page_and_reacts(monkeypatch, store):
     table = app.dataframe[0].value
     assert len(table) == 2 and table["accuracy"].is_monotonic_decreasing
     # tiny checkpoints are not benchmarked: no latency, so the scatter explains itself
-    assert len(app.get("plotly_chart")) == 1  # parallel coordinates only
+    assert not app.get("plotly_chart")  # no scatter; parallel coordinates wait for the switch
     assert any("latency" in i.value for i in app.info)
+    app.toggle(key="lb_parcoords").set_value(True).run()
+    assert len(app.get("plotly_chart")) == 1
     _box(app, "Cost").set_value("parameters").run()
     assert not app.exception
     charts = app.get("plotly_chart")
