@@ -71,6 +71,7 @@ with_ensemble = e1.toggle(
     "validation predictions.",
 )
 weighted = e2.toggle("Weighted by validation accuracy", key="lb_weighted", bind="query-params")
+added = ""
 if with_ensemble:
     members = [c for c in chosen if split in c.splits]
     if len(members) >= 2:
@@ -78,16 +79,17 @@ if with_ensemble:
         board = pd.concat([board, pd.DataFrame([row])], ignore_index=True).sort_values(
             "accuracy", ascending=False, ignore_index=True
         )
+        added = f" and the ensemble of the sidebar's {len(members)}"
     else:
         st.info("Choose at least two models with predictions for this split in the sidebar.")
 if board.empty:
     st.info(f"No model passes these filters ({len(full_board)} before filtering).")
     st.stop()
 st.caption(
-    f"{len(board)} of {len(full_board)} model(s) on **{key} / {split}**. Accuracy and macro-F1 "
-    "carry 95% bootstrap intervals over the test cells; latency, throughput and memory come "
-    "from each checkpoint's `bench-cpu.json` (`python -m bloodviz bench`), measured on the "
-    "machine named there."
+    f"{len(board) - bool(added)} of {len(full_board)} model(s){added} on **{key} / {split}**. "
+    "Accuracy and macro-F1 carry 95% bootstrap intervals over the test cells; latency, "
+    "throughput and memory come from each checkpoint's `bench-cpu.json` (`python -m bloodviz "
+    "bench`), measured on the machine named there."
 )
 
 shown = board.assign(
