@@ -32,6 +32,20 @@ QUALITY_COLUMNS = {
 }
 
 
+def quality_fields(metrics: dict) -> dict:
+    """A leaderboard row's quality columns from one split's ``metrics.json`` entry."""
+    return {
+        "accuracy": metrics["accuracy"],
+        "accuracy_lo": metrics["accuracy_ci95"][0],
+        "accuracy_hi": metrics["accuracy_ci95"][1],
+        "macro_f1": metrics["macro_f1"],
+        "macro_f1_lo": metrics["macro_f1_ci95"][0],
+        "macro_f1_hi": metrics["macro_f1_ci95"][1],
+        "auc": metrics["auc_ovr"],
+        "ece": metrics["ece"],
+    }
+
+
 def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
     """One row per checkpoint: quality on ``split`` with 95% intervals, then cost figures."""
     rows = []
@@ -48,14 +62,7 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
                 "name": run.display_name or ckpt.model,
                 "family": run.family or "other",
                 "study": study.id if (study := study_of(ckpt.model)) else "-",
-                "accuracy": metrics["accuracy"],
-                "accuracy_lo": metrics["accuracy_ci95"][0],
-                "accuracy_hi": metrics["accuracy_ci95"][1],
-                "macro_f1": metrics["macro_f1"],
-                "macro_f1_lo": metrics["macro_f1_ci95"][0],
-                "macro_f1_hi": metrics["macro_f1_ci95"][1],
-                "auc": metrics["auc_ovr"],
-                "ece": metrics["ece"],
+                **quality_fields(metrics),
                 "latency_ms": _get(bench, "latency_b1_ms", "median_ms"),
                 "throughput_ips": _get(bench, "throughput_b64_ips", "median"),
                 "parameters": run.parameters,

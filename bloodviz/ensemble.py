@@ -126,7 +126,7 @@ def ensemble_predictions(
 def leaderboard_row(members: Sequence[Checkpoint], split: str, *, weighted: bool = False) -> dict:
     """The ensemble as one more leaderboard row: quality from its averaged predictions, cost
     the members' added up."""
-    from bloodviz.compare import leaderboard
+    from bloodviz.compare import leaderboard, quality_fields
     from bloodviz.metrics import classification_summary
 
     preds = ensemble_predictions(members, split, weighted=weighted)
@@ -138,14 +138,7 @@ def leaderboard_row(members: Sequence[Checkpoint], split: str, *, weighted: bool
         "name": ensemble_label(members, weighted),
         "family": "ensemble",
         "study": "-",
-        "accuracy": metrics["accuracy"],
-        "accuracy_lo": metrics["accuracy_ci95"][0],
-        "accuracy_hi": metrics["accuracy_ci95"][1],
-        "macro_f1": metrics["macro_f1"],
-        "macro_f1_lo": metrics["macro_f1_ci95"][0],
-        "macro_f1_hi": metrics["macro_f1_ci95"][1],
-        "auc": metrics["auc_ovr"],
-        "ece": metrics["ece"],
+        **quality_fields(metrics),
         "throughput_ips": None,
         **costs,
         "n": metrics["n"],
