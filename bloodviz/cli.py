@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify", action="store_true", help="count the predictions the stored cells change"
     )
+    p.add_argument("--models", nargs="+", default=None, help="with --verify: only these")
     p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser("gradcam", help="save a CAM overlay of one image")
@@ -425,7 +426,11 @@ def _cellbank(args, command_line: str) -> int:
     ckpts = list_checkpoints(args.checkpoints)
     datasets = args.dataset or sorted({c.dataset for c in ckpts})
     if args.verify:
-        chosen = [c for c in ckpts if c.dataset in datasets]
+        chosen = [
+            c
+            for c in ckpts
+            if c.dataset in datasets and (args.models is None or c.model in args.models)
+        ]
         rows = verify_bank(chosen)
         for r in rows:
             print(
