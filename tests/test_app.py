@@ -249,7 +249,13 @@ def test_a_shared_link_reopens_the_view():
     assert any("on blood-cells-64 / test_simple" in c.value for c in app.caption)
 
     pair = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
-    pair.query_params.update({"h2h_a": "cnn002_bn", "h2h_b": "cnn_baseline"})
+    pair.query_params.update(
+        {
+            "models-pbc-64": ["resnet18", "cnn002_bn", "cnn_baseline"],
+            "h2h_a": "cnn002_bn",
+            "h2h_b": "cnn_baseline",
+        }
+    )
     pair.run().switch_page("app_pages/head_to_head.py").run()
     assert not pair.exception
     assert (pair.selectbox(key="h2h_a").value, pair.selectbox(key="h2h_b").value) == (
