@@ -460,7 +460,7 @@ def _cellbank(args, command_line: str) -> int:
 
 def _ensemble(args, command_line: str) -> int:
     from bloodviz.checkpoints import list_checkpoints
-    from bloodviz.compare import mcnemar
+    from bloodviz.compare import align, mcnemar
     from bloodviz.ensemble import choose_members, ensemble_predictions
     from bloodviz.metrics import classification_summary
 
@@ -496,10 +496,8 @@ def _ensemble(args, command_line: str) -> int:
             f"{name:44s} {val:8.4f} {m['accuracy']:10.4f} {f'{lo:.4f}-{hi:.4f}':>17s} "
             f"{m['macro_f1']:9.4f}"
         )
-    best_preds = best.predictions(split)
-    order = {sid: i for i, sid in enumerate(best_preds.ids)}
-    idx = np.array([order[s] for s in ens.ids])
-    test = mcnemar(ens.labels, best_preds.predicted[idx], ens.predicted)
+    best_preds, ens = align(best.predictions(split), ens)
+    test = mcnemar(ens.labels, best_preds.predicted, ens.predicted)
     print(
         f"\nensemble vs {best.name} on the {test['n']} shared {split} cells: only the ensemble "
         f"right {test['only_b_right']}, only {best.name} right {test['only_a_right']}; McNemar "

@@ -263,20 +263,30 @@ def pr_curves(preds: Predictions) -> list[Curve]:
     return curves
 
 
-def align(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
-    """Both models' predictions on the samples they share, in the same order."""
-    shared = np.intersect1d(a.ids, b.ids)
+def align_all(preds: list[Predictions]) -> list[Predictions]:
+    """Every model's predictions on the samples all of them saw, in one order."""
+    if not preds:
+        raise ValueError("no predictions to align")
+    if any(not np.array_equal(p.class_names, preds[0].class_names) for p in preds[1:]):
+        raise ValueError("the models do not predict the same classes")
+    shared = preds[0].ids
+    for p in preds[1:]:
+        shared = np.intersect1d(shared, p.ids)
     if len(shared) == 0:
-        raise ValueError("the two models share no evaluated sample")
-    if not np.array_equal(a.class_names, b.class_names):
-        raise ValueError("the two models do not predict the same classes")
+        raise ValueError("the models share no evaluated sample")
 
     def take(p: Predictions) -> Predictions:
         order = {sid: i for i, sid in enumerate(p.ids)}
         idx = np.array([order[s] for s in shared])
         return Predictions(p.ids[idx], p.labels[idx], p.probs[idx], p.class_names)
 
-    return take(a), take(b)
+    return [take(p) for p in preds]
+
+
+def align(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
+    """Both models' predictions on the samples they share, in the same order."""
+    pa, pb = align_all([a, b])
+    return pa, pb
 
 
 def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:

@@ -16,34 +16,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from bloodviz.checkpoints import Checkpoint, Predictions
+from bloodviz.compare import align_all, leaderboard, quality_fields
 
 ENSEMBLE_NAME = "ensemble"
 SUMMED_COSTS = ("latency_ms", "parameters", "mflops", "file_mb", "memory_mb")
 
 
-def shared_predictions(preds: Sequence[Predictions]) -> list[Predictions]:
-    """Every member's predictions on the samples all of them saw, in one order."""
-    if not preds:
-        raise ValueError("an ensemble needs at least one member")
-    names = preds[0].class_names
-    if any(tuple(p.class_names) != tuple(names) for p in preds):
-        raise ValueError("the members do not predict the same classes")
-    shared = preds[0].ids
-    for p in preds[1:]:
-        shared = np.intersect1d(shared, p.ids)
-    if len(shared) == 0:
-        raise ValueError("the members share no evaluated sample")
-    aligned = []
-    for p in preds:
-        order = {sid: i for i, sid in enumerate(p.ids)}
-        idx = np.array([order[s] for s in shared])
-        aligned.append(Predictions(p.ids[idx], p.labels[idx], p.probs[idx], p.class_names))
-    return aligned
-
-
 def average(preds: Sequence[Predictions], weights: Sequence[float] | None = None) -> Predictions:
     """The ensemble's predictions: the weighted mean of the members' probabilities."""
-    aligned = shared_predictions(preds)
+    aligned = align_all(list(preds))
     w = np.ones(len(aligned)) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (len(aligned),) or (w < 0).any() or w.sum() <= 0:
         raise ValueError("weights must be one non-negative number per member, not all zero")
@@ -126,7 +107,6 @@ def ensemble_predictions(
 def leaderboard_row(members: Sequence[Checkpoint], split: str, *, weighted: bool = False) -> dict:
     """The ensemble as one more leaderboard row: quality from its averaged predictions, cost
     the members' added up."""
-    from bloodviz.compare import leaderboard, quality_fields
     from bloodviz.metrics import classification_summary
 
     preds = ensemble_predictions(members, split, weighted=weighted)

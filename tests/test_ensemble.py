@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bloodviz.checkpoints import Predictions, list_checkpoints
-from bloodviz.compare import leaderboard
-from bloodviz.ensemble import average, choose_members, leaderboard_row, shared_predictions
+from bloodviz.compare import align_all, leaderboard
+from bloodviz.ensemble import average, choose_members, leaderboard_row
 
 CLASSES = ("a", "b")
 
@@ -42,7 +42,7 @@ def test_average_aligns_by_sample_id_and_weights():
     with pytest.raises(ValueError, match="one non-negative number per member"):
         average([first, second], weights=[1, -1])
     with pytest.raises(ValueError, match="share no evaluated sample"):
-        shared_predictions([first, _preds(["w"], [0], [0.1])])
+        align_all([first, _preds(["w"], [0], [0.1])])
 
 
 def test_members_are_chosen_on_validation_and_failed_models_never_join():
