@@ -3,8 +3,46 @@ import pandas as pd
 import streamlit as st
 
 from bloodviz import ui
+from bloodviz.checkpoints import list_checkpoints
+from bloodviz.compare import split_leakage
 from bloodviz.paths import DataNotFoundError
-from bloodviz.plots import class_balance
+from bloodviz.plots import class_balance, leakage_bars
+
+
+@st.cache_data(show_spinner=False)
+def leakage(fingerprint: tuple):
+    return split_leakage(list_checkpoints(fingerprint[0]))
+
+
+def show_leakage() -> None:
+    st.subheader("Patient leakage")
+    table = leakage(ui.store_fingerprint())
+    if table.empty:
+        st.info(
+            "No model is trained on both splits yet: `python -m bloodviz train --model resnet18 "
+            "--dataset malaria` and `... --dataset malaria-cells`."
+        )
+        return
+    st.caption(
+        "The same model trained twice on the same cells: once split at random by cell, as most "
+        "published notebooks do, and once split by patient. The random split's own test holds "
+        "new cells of patients it trained on; every model is also scored on the patient split's "
+        "test patients, whom neither run saw. The gap is what a random split overstates for a "
+        "new patient. Bars carry 95% bootstrap intervals."
+    )
+    ui.chart(leakage_bars(table), key="data_leakage")
+    shown = table.drop(columns=["seen_ci", "new_ci", "honest_ci"])
+    st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.NumberColumn(format="%.4f")
+            for c in shown.columns
+            if c not in ("model", "size", "n_seen", "n_new")
+        },
+    )
+
 
 st.title("Data")
 key, ckpts = ui.current_selection()
@@ -12,6 +50,8 @@ if key is None:
     st.info(f"No checkpoint yet, so no dataset is chosen. `{ui.train_hint(key)}`")
     st.stop()
 name, _, size = key.rpartition("-")
+if name.startswith("malaria"):
+    show_leakage()
 try:
     data = ui.cells(name, int(size))
 except (DataNotFoundError, ValueError) as exc:

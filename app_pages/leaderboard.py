@@ -119,6 +119,8 @@ columns = [
     "trained_on",
     "weights",
 ]
+if "sensitivity" in shown:  # a two-class screen (malaria): what a screen is judged by
+    columns[4:4] = ["sensitivity", "specificity"]
 number = st.column_config.NumberColumn
 st.dataframe(
     shown[columns],
@@ -131,6 +133,8 @@ st.dataframe(
         "macro_f1": number("macro F1", format="%.4f"),
         "macro_f1_ci": "F1 95% CI",
         "auc": number("AUC", format="%.4f"),
+        "sensitivity": number("sensitivity", format="%.4f", help="first class as positive"),
+        "specificity": number("specificity", format="%.4f"),
         "ece": number("ECE", format="%.4f"),
         "latency_ms": number("ms / image", format="%.2f"),
         "throughput_ips": number("img/s (b64)", format="%.0f"),

@@ -11,12 +11,19 @@ from bloodviz.compare import (
     roc_curves,
 )
 from bloodviz.ensemble import ENSEMBLE_NAME
-from bloodviz.metrics import confusion_matrix, reliability_bins
+from bloodviz.metrics import (
+    binary_auc,
+    confusion_matrix,
+    reliability_bins,
+    screening_at_threshold,
+    youden_threshold,
+)
 from bloodviz.plots import (
     confusion_heatmap,
     curves_figure,
     per_class_bars,
     reliability_diagram,
+    roc_operating_point,
     training_curves,
 )
 
@@ -68,11 +75,14 @@ else:
     if ckpt.predictions_only_reason:
         st.caption(f"Predictions only: {ckpt.predictions_only_reason}.")
 
-tab_report, tab_confusion, tab_curves, tab_history = st.tabs(
-    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"],
+two_class = len(classes) == 2
+tabs = st.tabs(
+    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"]
+    + (["Screening"] if two_class else []),
     key="report_view",
     bind="query-params",
 )
+tab_report, tab_confusion, tab_curves, tab_history = tabs[:4]
 with tab_report:
     report = classification_report_table(metrics)
     st.dataframe(
@@ -176,3 +186,58 @@ with tab_history:
             + (" Stopped early." if run.stopped_early else "")
         )
         ui.table_download(history, f"bloodviz-history-{key}-{model}.csv")
+
+if two_class:
+    with tabs[4]:
+        c1, c2 = st.columns([1, 2])
+        positive_name = c1.selectbox("Positive class", classes, key="report_positive")
+        k = classes.index(positive_name)
+        threshold = c2.slider(
+            f"Call {positive_name} when its probability is at least",
+            0.0,
+            1.0,
+            0.5,
+            0.01,
+            key="report_threshold",
+            bind="query-params",
+        )
+        positive = preds.labels == k
+        scores = preds.probs[:, k]
+        point = screening_at_threshold(positive, scores, threshold)
+        # a threshold tuned on the split it is reported on flatters it: tune on validation
+        reference = None
+        members = list(by_name.values()) if is_ensemble else [ckpt]
+        if split != "val" and all("val" in c.splits for c in members):
+            val = (
+                ui.ensemble(ui.paths(list(by_name.values())), "val")[0]
+                if is_ensemble
+                else ui.predictions(str(ckpt.path), "val")
+            )
+            tuned = youden_threshold(val.labels == k, val.probs[:, k])
+            reference = screening_at_threshold(positive, scores, tuned)
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Sensitivity", f"{point['sensitivity']:.4f}", help="share of positives caught")
+        m2.metric("Specificity", f"{point['specificity']:.4f}", help="negatives cleared")
+        m3.metric("PPV", f"{point['ppv']:.4f}", help="a positive call is right")
+        m4.metric("NPV", f"{point['npv']:.4f}", help="a negative call is right")
+        st.caption(
+            f"{split}, threshold {threshold:.2f}: {point['tp']} {positive_name} cells caught, "
+            f"{point['fn']} missed; {point['fp']} false alarms among {point['fp'] + point['tn']} "
+            "others."
+            + (
+                f" Youden's threshold chosen on validation: {reference['threshold']:.2f} gives "
+                f"sensitivity {reference['sensitivity']:.4f} and specificity "
+                f"{reference['specificity']:.4f} here."
+                if reference
+                else ""
+            )
+        )
+        from sklearn.metrics import roc_curve  # the screening tab only
+
+        fpr, tpr, _ = roc_curve(positive, scores)
+        ui.chart(
+            roc_operating_point(
+                fpr, tpr, binary_auc(positive, scores), point, positive_name, reference
+            ),
+            key="report_screen_roc",
+        )

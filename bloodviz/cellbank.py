@@ -8,6 +8,10 @@ that dataset uses, in one zip a dataset under ``cellbank/``, with the split's id
 class counts of every split, the dataset's attribution and how the file was built. A smaller
 size is the stored cell resized the same way (bicubic).
 
+Malaria's cells are WebP (quality 95): 4.0 MB for its 2,992 test cells against 6.8 MB as JPEG
+at the same PSNR. Its random-split twin (``malaria-cells``) stores only its own ``test_seen``
+cells and takes ``test`` (the same patients' cells) from the malaria bank.
+
 Why lossy, and why one size: losslessly (WebP) the cells of the three shipped keys take about
 75 MB; the limit is 25 MB. JPEG at quality 90-95 without chroma subsampling keeps them at 42-49
 dB PSNR. Measured on the test cells when choosing: pbc-64 resnet18 changes 2 of 3,248
@@ -42,6 +46,13 @@ BANK_ROOT = Path(os.environ.get("BLOODVIZ_CELLBANK", REPO_ROOT / "cellbank"))
 BANK_VERSION = 1
 # pbc's 64 px cells at 95 (10.6 MB); blood-cells' 120 px cells at 90 (13 MB)
 JPEG_QUALITY = {"pbc": 95, "blood-cells": 90}
+# (format, quality) where JPEG is not the codec: malaria's 2,992 test cells are 6.8 MB as JPEG
+# q95 4:4:4 and 4.0 MB as WebP q95 at the same PSNR (43.5 dB), measured on 600 of them
+CODEC = {"malaria": ("WEBP", 95), "malaria-cells": ("WEBP", 95)}
+SUFFIX = {"JPEG": "jpg", "WEBP": "webp"}
+# splits a bank takes from another dataset's bank instead of storing them twice: the random
+# cell split of the malaria cells tests on the very test patients of the patient split
+BORROWED = {"malaria-cells": {"test": "malaria"}}
 INDEX_MEMBER = "index.json"
 ATTRIBUTION = {
     "pbc": "PBC dataset: Acevedo A., Merino A., Alférez S., Molina Á., Boldú L., Rodellar J. "
@@ -51,16 +62,29 @@ ATTRIBUTION = {
     "blood-cells": "Blood Cell Images, Paul Mooney, Kaggle (kaggle.com/datasets/paultimothymooney/"
     "blood-cells), derived from the BCCD dataset (github.com/Shenggan/BCCD_Dataset). "
     "Licence: MIT. Cells here are centre squares of the 320x240 crops, resized.",
+    "malaria": "Malaria cell images: Rajaraman S., Antani S.K., Poostchi M., Silamut K., Hossain "
+    "M.A., Maude R.J., Jaeger S., Thoma G.R. 'Pre-trained convolutional neural networks as "
+    "feature extractors toward improved malaria parasite detection in thin blood smear images', "
+    "PeerJ 6:e4568 (2018), doi:10.7717/peerj.4568; U.S. National Library of Medicine "
+    "(lhncbc.nlm.nih.gov), public domain. Cells here are the whole cell images, resized.",
 }
+ATTRIBUTION["malaria-cells"] = ATTRIBUTION["malaria"]
 
 
 def bank_path(dataset: str, root: Path | None = None) -> Path:
     return (root or BANK_ROOT) / f"{dataset}.zip"
 
 
-def encode_cell(cell: np.ndarray, quality: int) -> bytes:
+def bank_codec(dataset: str) -> tuple[str, int]:
+    return CODEC.get(dataset, ("JPEG", JPEG_QUALITY.get(dataset, 95)))
+
+
+def encode_cell(cell: np.ndarray, quality: int, codec: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(cell).save(buffer, "JPEG", quality=quality, subsampling=0, optimize=True)
+    if codec == "WEBP":
+        Image.fromarray(cell).save(buffer, "WEBP", quality=quality, method=6)
+    else:
+        Image.fromarray(cell).save(buffer, "JPEG", quality=quality, subsampling=0, optimize=True)
     return buffer.getvalue()
 
 
@@ -87,10 +111,24 @@ class CellBank:
             )
         self._lock = threading.Lock()
         self._members = {
-            sample_id: member
+            sample_id: (self, member)
             for split in self.index["splits"].values()
             for sample_id, _, member in split
         }
+        for split, other in self.index.get("borrowed", {}).items():
+            lender = CellBank(bank_path(other, self.path.parent))
+            if lender.size != self.size:
+                raise DataNotFoundError(
+                    f"cell bank {self.path} takes its {split} cells from {lender.path}, which "
+                    f"holds {lender.size} px cells, not {self.size}; rebuild both"
+                )
+            self.index["splits"][split] = lender.index["splits"][split]
+            for sample_id, _, member in lender.index["splits"][split]:
+                self._members[sample_id] = (lender, member)
+        # test first, as every page offers it first
+        self.index["splits"] = dict(
+            sorted(self.index["splits"].items(), key=lambda item: item[0] != "test")
+        )
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -118,11 +156,12 @@ class CellBank:
     def image(self, sample_id: str, size: int | None = None) -> np.ndarray:
         """The cell at ``size`` pixels (the stored size, or smaller: resized as the dataset
         resizes)."""
-        member = self._members.get(sample_id)
-        if member is None:
+        found = self._members.get(sample_id)
+        if found is None:
             raise KeyError(f"no cell {sample_id!r} in the cell bank of {self.index['dataset']}")
-        with self._lock:
-            data = self._zip.read(member)
+        owner, member = found
+        with owner._lock:
+            data = owner._zip.read(member)
         cell = decode_cell(data)
         if size is None or size == self.size:
             return cell
@@ -241,13 +280,18 @@ def bank_cells(name: str, size: int, bank_root: Path | None = None) -> CellSourc
         tuple(index["class_names"]),
         index["description"],
         f"The {name} images are not on this machine: these are the shipped cell bank's "
-        f"copies of the evaluated cells (JPEG quality {index['jpeg_quality']}, 4:4:4"
+        f"copies of the evaluated cells ({_codec_text(index)}"
         f"{resized}), framed as the models saw them. Metrics come from predictions on the "
         f"original images. {index['attribution']}",
         bank.splits,
         index["class_counts"],
         _bank=bank,
     )
+
+
+def _codec_text(index: dict) -> str:
+    codec = index.get("codec", "JPEG")
+    return f"{codec} quality {index['jpeg_quality']}" + (", 4:4:4" if codec == "JPEG" else "")
 
 
 def verify_bank(checkpoints, bank_root: Path | None = None, progress: bool = True) -> list[dict]:
@@ -303,9 +347,14 @@ def build_bank(
     from bloodviz.data import get_dataset
 
     data = get_dataset(name, size, data_root)
-    splits = splits or data.eval_splits
+    borrowed = {
+        split: other
+        for split, other in BORROWED.get(name, {}).items()
+        if bank_path(other, root).exists()
+    }
+    splits = tuple(s for s in (splits or data.eval_splits) if s not in borrowed)
     key = data.key
-    quality = JPEG_QUALITY.get(name, 95)
+    codec, quality = bank_codec(name)
     index = {
         "version": BANK_VERSION,
         "dataset": name,
@@ -314,10 +363,12 @@ def build_bank(
         "description": data.description,
         "framing": data.default_framing,
         "preprocessing": data.preprocessing().to_dict(),
-        "jpeg_quality": quality,
+        "codec": codec,
+        "jpeg_quality": quality,  # the codec's quality (named so in version 1 banks)
         "attribution": ATTRIBUTION.get(name, ""),
         "class_counts": data.class_counts(),
         "splits": {},
+        "borrowed": borrowed,
         "built": {
             "command": f"python -m bloodviz cellbank --dataset {name} --size {size}",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -340,8 +391,8 @@ def build_bank(
                     disable=not progress,
                 )
                 for n, (sample_id, label, cell) in enumerate(bar):
-                    member = f"{split}/{n:05d}.jpg"
-                    archive.writestr(member, encode_cell(cell, quality))
+                    member = f"{split}/{n:05d}.{SUFFIX[codec]}"
+                    archive.writestr(member, encode_cell(cell, quality, codec))
                     rows.append([str(sample_id), int(label), member])
                 index["splits"][split] = rows
             archive.writestr(INDEX_MEMBER, json.dumps(index, indent=1))

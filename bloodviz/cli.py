@@ -15,7 +15,7 @@ from bloodviz.paths import DataNotFoundError
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="pbc, blood-cells or bloodmnist")
+    parser.add_argument("--dataset", required=True, help="pbc, blood-cells, bloodmnist, malaria")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels")
     parser.add_argument(
         "--data-root", default=None, help="folder holding the datasets (else $BLOODVIZ_DATA)"
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser("download", help="fetch a dataset from its official source")
-    p.add_argument("name", choices=["bloodmnist", "pbc", "blood-cells"])
+    p.add_argument("name", choices=["bloodmnist", "pbc", "blood-cells", "malaria"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--size", type=int, action="append", help="BloodMNIST size(s); default 64")
     p.add_argument("--url", default=None, help="override the source address (mirrors, tests)")
@@ -447,6 +447,16 @@ def _cellbank(args, command_line: str) -> int:
             "rows": rows,
         }
         out = BANK_ROOT / "verify.json"
+        # rows of checkpoints not verified now are kept, each with the command that made it
+        measured = {(r["dataset"], r["model"], r["split"]) for r in rows}
+        if out.exists():
+            earlier = json.loads(out.read_text())
+            kept = [
+                {**r, "command": r.get("command", earlier.get("command"))}
+                for r in earlier.get("rows", [])
+                if (r["dataset"], r["model"], r["split"]) not in measured
+            ]
+            record["rows"] = kept + [{**r, "command": command_line} for r in rows]
         out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {out}")
         return 0

@@ -33,7 +33,14 @@ QUALITY_COLUMNS = {
 
 
 def quality_fields(metrics: dict) -> dict:
-    """A leaderboard row's quality columns from one split's ``metrics.json`` entry."""
+    """A leaderboard row's quality columns from one split's ``metrics.json`` entry.
+
+    A two-class dataset (a screen) adds sensitivity and specificity at argmax (threshold 0.5),
+    its first class being the positive one (malaria's ``parasitized``)."""
+    screen = {}
+    if len(per_class := metrics.get("per_class", {})) == 2:
+        positive, negative = per_class.values()
+        screen = {"sensitivity": positive["recall"], "specificity": negative["recall"]}
     return {
         "accuracy": metrics["accuracy"],
         "accuracy_lo": metrics["accuracy_ci95"][0],
@@ -43,6 +50,7 @@ def quality_fields(metrics: dict) -> dict:
         "macro_f1_hi": metrics["macro_f1_ci95"][1],
         "auc": metrics["auc_ovr"],
         "ece": metrics["ece"],
+        **screen,
     }
 
 
@@ -346,7 +354,8 @@ def studies_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
     """Every number a study reported beside ours on the closest like-for-like split.
 
     Our match for a reported figure is the checkpoint of the same model on the same kind of
-    data (BloodMNIST numbers ↔ pbc; Kaggle numbers ↔ blood-cells) and the same split
+    data (BloodMNIST numbers ↔ pbc; Kaggle numbers ↔ blood-cells; malaria ↔ malaria, split by
+    patient) and the same split
     (a study's 'validation' is compared with our val split, never with test).
     """
     shipped: dict[str, list[Checkpoint]] = {}
@@ -406,6 +415,8 @@ def _like_for_like(reported, ours_value, ours_pretrained, cpu_budget: bool = Fal
         gaps.append(f"study {theirs}, ours {ours_pretrained}")
     if cpu_budget:
         gaps.append("ours a CPU-budget run on a training subset")
+    if reported.protocol_gap:
+        gaps.append(reported.protocol_gap)
     return "no: " + "; ".join(gaps) if gaps else "yes"
 
 
@@ -414,3 +425,42 @@ def _metric_key(metric: str) -> str | None:
     return {"accuracy": "accuracy", "f1_weighted": "weighted_f1", "macro_f1": "macro_f1"}.get(
         metric
     )
+
+
+def split_leakage(
+    ckpts: list[Checkpoint], *, grouped: str = "malaria", random: str = "malaria-cells"
+) -> pd.DataFrame:
+    """What a random split by cell hides: one row per model trained on both splits of the data.
+
+    ``grouped``: the dataset split by patient; ``random``: the same cells split at random, whose
+    ``test_seen`` holds new cells of patients it trained on and whose ``test`` is the grouped
+    split's unseen patients. ``gap`` is what the random split's own test overstates: its
+    accuracy on seen patients minus its accuracy on new ones.
+    """
+    by_key = {(c.dataset, c.size, c.name): c for c in ckpts}
+    rows = []
+    for (dataset, size, name), cell_split in sorted(by_key.items()):
+        patient_split = by_key.get((grouped, size, name))
+        if dataset != random or patient_split is None:
+            continue
+        seen = cell_split.metrics().get("test_seen")
+        new = cell_split.metrics().get("test")
+        honest = patient_split.metrics().get("test")
+        if not (seen and new and honest):
+            continue
+        rows.append(
+            {
+                "model": name,
+                "size": size,
+                "random split, its own test (seen patients)": seen["accuracy"],
+                "random split, new patients": new["accuracy"],
+                "patient split, new patients": honest["accuracy"],
+                "gap": seen["accuracy"] - new["accuracy"],
+                "seen_ci": seen["accuracy_ci95"],
+                "new_ci": new["accuracy_ci95"],
+                "honest_ci": honest["accuracy_ci95"],
+                "n_seen": seen["n"],
+                "n_new": new["n"],
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
-"""Datasets: one loader API over the PBC folder, MedMNIST's BloodMNIST files and Kaggle's set.
+"""Datasets: one loader API over the PBC folder, MedMNIST's BloodMNIST files, Kaggle's set and
+NIH's malaria cells.
 
 Each dataset gives its class names, its splits, stable sample ids, the :class:`Preprocessing`
 it implies, and decoded ``uint8`` arrays per split (cached on disk after the first decode).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -414,6 +416,183 @@ def find_kaggle_images(root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
+MALARIA_CLASSES = ("parasitized", "uninfected")
+# NIH names every cell after its slide and patient: C100P61ThinF_IMG_..., C68P29N_ThinF_...,
+# and C1_thinF_... for the slides of healthy donors that carry no patient number.
+MALARIA_PATIENT = re.compile(r"^(C\d+(?:P\d+)?)")
+MALARIA_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def malaria_patient(file_name: str) -> str:
+    """The patient (slide) a NIH malaria cell comes from, read from its file name."""
+    match = MALARIA_PATIENT.match(Path(file_name).name)
+    if match is None:
+        raise DataError(
+            f"{file_name!r} does not start with NIH's C<slide>[P<patient>] prefix, so its "
+            "patient is unknown and the cell cannot be split by patient"
+        )
+    return match.group(1)
+
+
+def patient_split(patients: list[str], fractions: tuple[float, ...], seed: int) -> dict[str, int]:
+    """Each patient's split index: a seeded shuffle of the patients cut by ``fractions``, so no
+    patient has cells in two splits."""
+    unique = sorted(set(patients))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    bounds = np.round(np.cumsum(fractions) / sum(fractions) * len(unique)).astype(int)
+    part_of = {}
+    for rank, i in enumerate(order):
+        part_of[unique[i]] = int(np.searchsorted(bounds, rank, side="right"))
+    return part_of
+
+
+def find_nih_cells(root: Path) -> Path | None:
+    """The folder holding NIH's ``Parasitized`` and ``Uninfected``, wherever it sits."""
+    for candidate in [root, root / "cell_images", root / "cell_images" / "cell_images"]:
+        if (candidate / "Parasitized").is_dir() and (candidate / "Uninfected").is_dir():
+            return candidate
+    return None
+
+
+class MalariaDataset(BloodDataset):
+    """NIH "Cell Images for Detecting Malaria" (Rajaraman et al. 2018): thin-smear red cells,
+    parasitized or uninfected, split **by patient**.
+
+    Two layouts: our prepared folder (``manifest.csv`` with path,label,split,patient; 64 px
+    cells), or NIH's own download (``cell_images/Parasitized``, ``cell_images/Uninfected``,
+    original sizes, no split), which gets a seeded 70/10/20 split of its patients.
+    """
+
+    name = "malaria"
+    class_names = MALARIA_CLASSES
+    description = (
+        "NIH malaria cells (Rajaraman et al., PeerJ 2018; U.S. National Library of Medicine, "
+        "public domain): thin-smear red blood cells, parasitized or uninfected, split 70/10/20 "
+        "by patient so no patient's cells are in two splits. Most published notebooks split by "
+        "cell, which puts the same patients in training and test."
+    )
+
+    def __init__(self, folder: Path, size: int, split_seed: int = 0):
+        super().__init__(folder, size)
+        self.split_seed = split_seed
+        self.has_manifest = (self.folder / "manifest.csv").exists()
+        self.nih_folder = None if self.has_manifest else find_nih_cells(self.folder)
+        if not self.has_manifest and self.nih_folder is None:
+            raise DataNotFoundError(
+                f"{self.folder} is not a malaria folder: expected manifest.csv, or NIH's "
+                "cell_images/Parasitized and cell_images/Uninfected "
+                "(python -m bloodviz download malaria)"
+            )
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            size=self.size,
+            class_names=self.class_names,
+            square="stretch",
+            description="NIH malaria cell: the whole cell image (cut to the red cell's "
+            "outline, any size) is resized to a square, as the prepared 64 px cells were.",
+        )
+
+    def patients(self, split: str) -> list[str]:
+        return [malaria_patient(sid) for sid in self.sample_ids(split)]
+
+    def _index(self):
+        items = self._index_manifest() if self.has_manifest else self._index_nih()
+        return self._assign_splits(items)
+
+    def _index_manifest(self) -> list[tuple[str, int, Path, str, str | None]]:
+        manifest = self.folder / "manifest.csv"
+        items = []
+        with open(manifest, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing_cols = {"path", "label", "split"} - set(reader.fieldnames or [])
+            if missing_cols:
+                raise DataError(
+                    f"{manifest} lacks column(s) {sorted(missing_cols)}; expected "
+                    "path,label,split[,patient]"
+                )
+            for line, row in enumerate(reader, start=2):
+                label, split = row["label"], row["split"]
+                if label not in MALARIA_CLASSES or split not in self.splits:
+                    raise DataError(
+                        f"{manifest}:{line}: label {label!r} or split {split!r} is not one of "
+                        f"{MALARIA_CLASSES} / {self.splits}"
+                    )
+                patient = row.get("patient") or malaria_patient(row["path"])
+                items.append(
+                    (
+                        row["path"],
+                        MALARIA_CLASSES.index(label),
+                        self.folder / row["path"],
+                        patient,
+                        split,
+                    )
+                )
+        if not items:
+            raise DataError(f"{manifest} lists no images")
+        return items
+
+    def _index_nih(self) -> list[tuple[str, int, Path, str, str | None]]:
+        items = []
+        for label, cls in enumerate(MALARIA_CLASSES):
+            folder = self.nih_folder / cls.capitalize()
+            for path in sorted(folder.iterdir()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    rel = f"{cls}/{path.name}"
+                    items.append((rel, label, path, malaria_patient(path.name), None))
+        if not items:
+            raise DataNotFoundError(f"no images in {self.nih_folder}/Parasitized, Uninfected")
+        part_of = patient_split([i[3] for i in items], MALARIA_SPLIT_FRACTIONS, self.split_seed)
+        return [(*i[:4], self.splits[part_of[i[3]]]) for i in items]
+
+    def _assign_splits(self, items) -> dict[str, list[tuple[str, int, Path | None]]]:
+        entries: dict[str, list] = {s: [] for s in self.splits}
+        split_of_patient: dict[str, str] = {}
+        for sid, label, path, patient, split in items:
+            seen = split_of_patient.setdefault(patient, split)
+            if seen != split:
+                raise DataError(
+                    f"patient {patient} has cells in both {seen} and {split}: a malaria split "
+                    "must be by patient (fix the manifest's split column)"
+                )
+            entries[split].append((sid, label, path))
+        return entries
+
+
+class MalariaCellSplitDataset(MalariaDataset):
+    """The same cells split the way most published notebooks do it: at random, **by cell**.
+
+    Made to measure patient leakage. The patients of the patient split's train and val are
+    pooled, and their cells shuffled: as many as the patient split trains on go to ``train``,
+    the rest halves into ``val`` and ``test_seen`` (new cells of patients seen in training,
+    what a random split tests on). ``test`` is the patient split's test: patients never seen.
+    """
+
+    name = "malaria-cells"
+    splits = ("train", "val", "test", "test_seen")
+    eval_splits = ("test", "test_seen")
+    description = (
+        "NIH malaria cells split at random by cell, as most published notebooks do, to measure "
+        "patient leakage: test_seen holds new cells of the patients trained on; test holds the "
+        "patient split's unseen patients."
+    )
+
+    def _assign_splits(self, items):
+        by_patient = super()._assign_splits(items)
+        pool = by_patient["train"] + by_patient["val"]
+        order = np.random.default_rng(self.split_seed).permutation(len(pool))
+        n_train = len(by_patient["train"])
+        rest = order[n_train:]
+        half = len(rest) // 2
+        return {
+            "train": [pool[i] for i in np.sort(order[:n_train])],
+            "val": [pool[i] for i in np.sort(rest[:half])],
+            "test": by_patient["test"],
+            "test_seen": [pool[i] for i in np.sort(rest[half:])],
+        }
+
+
+# ------------------------------------------------------------------------------------------------
 BLOODMNIST_SIZES = (28, 64, 128, 224)
 
 
@@ -505,9 +684,21 @@ class BloodMNISTDataset(BloodDataset):
 
 
 # ------------------------------------------------------------------------------------------------
-DATASETS = {"pbc": PBCDataset, "blood-cells": BloodCellsDataset, "bloodmnist": BloodMNISTDataset}
-DEFAULT_SIZES = {"pbc": 64, "blood-cells": 64, "bloodmnist": 64}
-FOLDERS = {"pbc": "pbc", "blood-cells": "blood-cells", "bloodmnist": "bloodmnist"}
+DATASETS = {
+    "pbc": PBCDataset,
+    "blood-cells": BloodCellsDataset,
+    "bloodmnist": BloodMNISTDataset,
+    "malaria": MalariaDataset,
+    "malaria-cells": MalariaCellSplitDataset,
+}
+DEFAULT_SIZES = {"pbc": 64, "blood-cells": 64, "bloodmnist": 64, "malaria": 64, "malaria-cells": 64}
+FOLDERS = {
+    "pbc": "pbc",
+    "blood-cells": "blood-cells",
+    "bloodmnist": "bloodmnist",
+    "malaria": "malaria",
+    "malaria-cells": "malaria",
+}
 
 
 def get_dataset(

@@ -3,6 +3,9 @@
 - BloodMNIST: MedMNIST's Zenodo record (URLs and MD5s as the ``medmnist`` package lists them).
 - PBC: the Mendeley Data archive (Acevedo et al. 2020), turned into our layout: MedMNIST's recipe
   (centre 200x200 of the 360x363 original, bicubic resize to 128) and our shipped split.
+- Malaria: NIH's ``cell_images.zip`` (Rajaraman et al. 2018), checked against the SHA-256 that
+  TensorFlow Datasets pins for it, unpacked as ``malaria/cell_images/{Parasitized,Uninfected}``;
+  the loader splits it by patient.
 - Kaggle's blood-cells set needs the user's own account: we print the steps.
 """
 
@@ -40,6 +43,12 @@ PBC_URL = (
     "2fc38728-2ae7-4a62-a857-032af82334c3/file_downloaded"
 )
 PBC_ARCHIVE = "PBC_dataset_normal_DIB.zip"
+MALARIA_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"
+MALARIA_ARCHIVE = "cell_images.zip"
+# the size and SHA-256 TensorFlow Datasets pins for NIH's archive (url_checksums/malaria.txt)
+MALARIA_SHA256 = "0a949556b2414159b5100192609805376654c4266d8d187be9b1922fad43c668"
+MALARIA_BYTES = 353_452_851
+MALARIA_FOLDERS = ("Parasitized", "Uninfected")
 
 KAGGLE_STEPS = """\
 The Kaggle "Blood Cell Images" set needs your own Kaggle account; bloodviz cannot fetch it for you.
@@ -56,12 +65,16 @@ class DownloadError(RuntimeError):
     pass
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    return file_digest(path, "md5", chunk)
 
 
 def download_file(
@@ -71,14 +84,16 @@ def download_file(
     progress: bool = True,
     timeout: float = 60.0,
     chunk: int = 1 << 20,
+    sha256: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``, resuming a ``.part`` file left by an interrupted run.
 
-    The bytes go to ``dest.part`` and are renamed to ``dest`` only after the checksum (when
-    known) matches, so ``dest`` is never a partial or corrupt file.
+    The bytes go to ``dest.part`` and are renamed to ``dest`` only after the checksum (MD5 or
+    SHA-256, when known) matches, so ``dest`` is never a partial or corrupt file.
     """
     dest = Path(dest)
-    if dest.exists() and (md5 is None or md5sum(dest) == md5):
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    if dest.exists() and (expected is None or file_digest(dest, algorithm) == expected):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -115,13 +130,13 @@ def download_file(
                 for block in response.iter_content(chunk):
                     handle.write(block)
                     bar.update(len(block))
-    if md5 is not None:
-        got = md5sum(part)
-        if got != md5:
+    if expected is not None:
+        got = file_digest(part, algorithm)
+        if got != expected:
             part.unlink()
             raise DownloadError(
-                f"{dest.name}: MD5 {got} does not match the published {md5}; the partial file "
-                "was removed, run the command again"
+                f"{dest.name}: {algorithm.upper()} {got} does not match the published "
+                f"{expected}; the partial file was removed, run the command again"
             )
     os.replace(part, dest)
     return dest
@@ -193,6 +208,56 @@ def download_pbc(root: Path, url: str = PBC_URL, md5: str | None = None, progres
     return prepare_pbc_from_archive(archive, Path(root) / "pbc", progress)
 
 
+def unpack_malaria_archive(archive: Path, out_dir: Path, progress: bool = True) -> dict:
+    """Unpack NIH's ``cell_images.zip`` as ``out_dir/cell_images/{Parasitized,Uninfected}``.
+
+    Only the two class folders' images are written, under their base names (no path from the
+    archive is trusted), each atomically; a member already unpacked with the right size is
+    skipped, so an interrupted unpack resumes.
+    """
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(f"{archive} is not a zip archive ({exc})") from exc
+    counts = {name: 0 for name in MALARIA_FOLDERS}
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        for member in tqdm(members, desc="unpack malaria", disable=not progress):
+            parts = Path(member.filename).parts
+            name = Path(parts[-1]).name
+            if len(parts) < 2 or parts[-2] not in MALARIA_FOLDERS:
+                continue  # NIH's archive also holds Thumbs.db files
+            if Path(name).suffix.lower() not in {".png", ".jpg", ".jpeg"}:
+                continue
+            target = Path(out_dir) / "cell_images" / parts[-2] / name
+            counts[parts[-2]] += 1
+            if target.exists() and target.stat().st_size == member.file_size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                data = zf.read(member)
+            except zipfile.BadZipFile as exc:
+                raise DownloadError(f"{archive}: {member.filename} is damaged ({exc})") from exc
+            tmp = target.with_name(target.name + ".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    if not all(counts.values()):
+        raise DownloadError(
+            f"{archive} holds no {' / '.join(k for k, v in counts.items() if not v)} images: "
+            "not NIH's cell_images.zip"
+        )
+    return counts
+
+
+def download_malaria(
+    root: Path, url: str = MALARIA_URL, sha256: str | None = MALARIA_SHA256, progress: bool = True
+) -> dict:
+    archive = download_file(
+        url, Path(root) / ".downloads" / MALARIA_ARCHIVE, progress=progress, sha256=sha256
+    )
+    return unpack_malaria_archive(archive, Path(root) / "malaria", progress)
+
+
 def download_command(
     name: str, data_root: str | None, sizes: list[int] | None, url: str | None
 ) -> int:
@@ -203,6 +268,14 @@ def download_command(
     if name == "bloodmnist":
         for path in download_bloodmnist(root, sizes, base_url=url or ZENODO_BLOODMNIST):
             print(f"ok: {path} (MD5 verified)")
+        return 0
+    if name == "malaria":
+        counts = download_malaria(root, url=url or MALARIA_URL)
+        print(
+            f"ok: {counts['Parasitized']} parasitized and {counts['Uninfected']} uninfected cells "
+            f"in {root / 'malaria' / 'cell_images'} (SHA-256 verified); bloodviz splits them by "
+            "patient: python -m bloodviz datasets"
+        )
         return 0
     result = download_pbc(root, url=url or PBC_URL)
     print(

@@ -70,6 +70,47 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, np.ndarra
     return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class
 
 
+def screening_at_threshold(positive: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """A two-class screen's figures when ``scores >= threshold`` calls a sample positive.
+
+    ``positive``: truth (bool); ``scores``: the positive class's probability. Sensitivity is
+    the share of positives caught, specificity the share of negatives cleared; PPV and NPV are
+    the chance a positive / negative call is right (nan where nothing was called so).
+    """
+    positive = np.asarray(positive, dtype=bool)
+    called = np.asarray(scores) >= threshold
+    tp = int(np.sum(called & positive))
+    fn = int(np.sum(~called & positive))
+    fp = int(np.sum(called & ~positive))
+    tn = int(np.sum(~called & ~positive))
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return {
+        "threshold": float(threshold),
+        "tp": tp,
+        "fn": fn,
+        "fp": fp,
+        "tn": tn,
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "accuracy": ratio(tp + tn, len(positive)),
+    }
+
+
+def youden_threshold(positive: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold that maximises sensitivity + specificity - 1 (Youden's J); to be chosen
+    on validation and applied to test, never chosen on test."""
+    from sklearn.metrics import roc_curve  # lazy: the first page needs no scikit-learn
+
+    fpr, tpr, thresholds = roc_curve(np.asarray(positive, dtype=bool), scores)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
 def reliability_bins(
     y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15
 ) -> dict[str, np.ndarray]:

@@ -265,6 +265,83 @@ def curves_figure(curves: list[Curve], kind: str) -> go.Figure:
     return _style(fig, title)
 
 
+def roc_operating_point(
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    auc: float,
+    point: dict,
+    positive_name: str,
+    reference: dict | None = None,
+) -> go.Figure:
+    """One two-class ROC curve with the operating point of the chosen threshold (``point``:
+    :func:`bloodviz.metrics.screening_at_threshold`'s dict) and optionally a second point (the
+    threshold chosen on validation)."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=fpr,
+            y=tpr,
+            mode="lines",
+            name=f"{positive_name} (AUC {auc:.4f})",
+            line={"color": PALETTE[0], "width": 2},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "#999"}
+        )
+    )
+    for marker, color, label in ((point, PALETTE[1], "chosen"), (reference, PALETTE[2], "val")):
+        if marker is None:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[1 - marker["specificity"]],
+                y=[marker["sensitivity"]],
+                mode="markers+text",
+                marker={"size": 13, "color": color, "line": {"width": 1, "color": "white"}},
+                text=[f"{label} t={marker['threshold']:.2f}"],
+                textposition="bottom right",
+                name=f"{label} threshold {marker['threshold']:.2f}: sensitivity "
+                f"{marker['sensitivity']:.3f}, specificity {marker['specificity']:.3f}",
+            )
+        )
+    fig.update_xaxes(title="1 - specificity (false positive rate)", range=[0, 1])
+    fig.update_yaxes(title="sensitivity (true positive rate)", range=[0, 1.02])
+    return _style(fig, f"ROC, {positive_name} as positive, with the operating point")
+
+
+def leakage_bars(table: pd.DataFrame) -> go.Figure:
+    """Accuracy of each model as a random split by cell reports it (seen patients) beside
+    what it scores on new patients, with 95% intervals: :func:`bloodviz.compare.split_leakage`."""
+    fig = go.Figure()
+    series = (
+        ("random split, its own test (seen patients)", "seen_ci", PALETTE[3]),
+        ("random split, new patients", "new_ci", PALETTE[1]),
+        ("patient split, new patients", "honest_ci", PALETTE[0]),
+    )
+    for i, (column, ci, color) in enumerate(series):
+        lo = np.array([c[0] for c in table[ci]])
+        hi = np.array([c[1] for c in table[ci]])
+        values = table[column].to_numpy()
+        fig.add_trace(
+            go.Bar(
+                x=table["model"],
+                y=values,
+                name=column,
+                marker_color=color,
+                error_y={"type": "data", "array": hi - values, "arrayminus": values - lo},
+                text=[f"{v:.3f}" for v in values],
+                textposition="outside",
+                offsetgroup=i,
+            )
+        )
+    low = float(min(table[c].min() for c, _, _ in series)) if len(table) else 0.0
+    fig.update_yaxes(title="accuracy", range=[max(0.0, low - 0.05), 1.0])
+    fig.update_layout(barmode="group")
+    return _style(fig, "Patient leakage: a random split by cell against new patients")
+
+
 def reliability_diagram(bins: dict[str, np.ndarray], ece: float) -> go.Figure:
     """Accuracy per confidence bin against the diagonal, with bin counts as hover."""
     centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2

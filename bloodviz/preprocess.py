@@ -63,6 +63,10 @@ class Preprocessing:
     ``field_crop_fraction`` of the shorter side is cut out first (MedMNIST's recipe for PBC: the
     centre 200 of 360 pixels), resized to ``field_resize`` if the dataset did that, then treated
     as a cell.
+
+    ``square``: how a non-square cell becomes square: ``crop`` its centre (the white-cell sets,
+    whose crops have room around the cell) or ``stretch`` it whole (NIH's malaria cells are cut
+    to the red cell's outline, so a centre crop would cut parasites at the rim off).
     """
 
     size: int
@@ -72,6 +76,7 @@ class Preprocessing:
     resample: str = "bicubic"
     field_crop_fraction: float = 1.0
     field_resize: int | None = None
+    square: str = "crop"
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -88,12 +93,16 @@ class Preprocessing:
         """Geometric part: PIL image in, ``size x size x 3`` uint8 array out."""
         image = to_rgb(image)
         if framing == "full":
-            image = center_square(image, self.field_crop_fraction)
+            if self.field_crop_fraction < 1.0:  # 1.0: the field is the cell (then: `square`)
+                image = center_square(image, self.field_crop_fraction)
             if self.field_resize:
                 image = image.resize((self.field_resize, self.field_resize), self._resample())
         elif framing != "cell":
             raise ValueError(f"framing must be 'cell' or 'full', not {framing!r}")
-        image = center_square(image)
+        if self.square == "crop":
+            image = center_square(image)
+        elif self.square != "stretch":
+            raise ValueError(f"square must be 'crop' or 'stretch', not {self.square!r}")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), self._resample())
         return np.asarray(image, dtype=np.uint8)

@@ -28,7 +28,7 @@ def test_shipped_banks_hold_every_evaluated_cell():
             assert all(labels[i] == y for i, y in zip(preds.ids, preds.labels))
 
 
-@pytest.mark.parametrize("key", ["pbc-64", "blood-cells-64", "blood-cells-120"])
+@pytest.mark.parametrize("key", ["pbc-64", "blood-cells-64", "blood-cells-120", "malaria-64"])
 def test_bank_cells_are_close_copies_of_what_the_models_saw(key, data_root):
     name, _, size = key.rpartition("-")
     raw = get_dataset(name, int(size), data_root)
@@ -91,3 +91,28 @@ def test_a_damaged_or_missing_bank_is_named(monkeypatch, tmp_path):
         open_cells("pbc", 64, bank_root=tmp_path)
     with pytest.raises(DataNotFoundError, match="not on this machine.*no cell bank"):
         open_cells("blood-cells", 64, bank_root=tmp_path)
+
+
+def test_malaria_banks_are_webp_and_the_random_split_borrows_the_test_patients(tmp_path, data_root):
+    build_bank("malaria", 64, data_root=data_root, root=tmp_path, limit_per_class=3)
+    build_bank("malaria-cells", 64, data_root=data_root, root=tmp_path, limit_per_class=3)
+    with zipfile.ZipFile(tmp_path / "malaria-cells.zip") as archive:
+        names = archive.namelist()
+    # its own test_seen cells only: the test patients' cells are the malaria bank's
+    assert names and all(n.startswith("test_seen/") or n == "index.json" for n in names)
+    assert any(n.endswith(".webp") for n in names)
+    both = bank_cells("malaria-cells", 64, bank_root=tmp_path)
+    assert both.gallery_splits == ("test", "test_seen")
+    assert both.sample_ids("test") == bank_cells("malaria", 64, bank_root=tmp_path).sample_ids(
+        "test"
+    )
+    raw = get_dataset("malaria-cells", 64, data_root)
+    for split in ("test", "test_seen"):
+        sample_id = both.sample_ids(split)[0]
+        with raw.open_image(sample_id) as image:
+            exact = raw.preprocessing().prepare(image, raw.default_framing)
+        assert _psnr(both.image(sample_id), exact) > 36
+    assert "WEBP quality 95" in both.note and "PeerJ" in both.note
+    (tmp_path / "malaria.zip").unlink()
+    with pytest.raises(DataNotFoundError, match="missing or damaged"):
+        bank_cells("malaria-cells", 64, bank_root=tmp_path)

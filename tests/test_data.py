@@ -171,3 +171,66 @@ def test_split_helpers_are_stratified_and_seeded():
     assert len(set(np.concatenate(parts))) == 200
     keep = limit_per_class(labels, 5, seed=1)
     assert np.bincount(labels[keep]).tolist() == [5] * 4
+
+
+def test_malaria_manifest_split_is_by_patient(data_root):
+    ds = get_dataset("malaria", 64, data_root)
+    rows = list(csv.DictReader(open(data_root / "malaria" / "manifest.csv")))
+    assert {s: len(ds.sample_ids(s)) for s in ds.splits} == dict(Counter(r["split"] for r in rows))
+    assert ds.class_names == ("parasitized", "uninfected") and ds.key == "malaria-64"
+    patients = {s: set(ds.patients(s)) for s in ds.splits}
+    assert len(patients["train"]) + len(patients["val"]) + len(patients["test"]) == len(
+        set().union(*patients.values())
+    )
+    # the patient read from the file name is the manifest's own column
+    assert {r["patient"] for r in rows if r["split"] == "test"} == patients["test"]
+    cells = ds.load_split("test", limit=4, progress=False)
+    assert cells.images.shape == (8, 64, 64, 3) and cells.images.std() > 10
+
+
+def test_malaria_manifest_with_a_patient_in_two_splits_is_refused(tmp_path, data_root):
+    rows = list(csv.DictReader(open(data_root / "malaria" / "manifest.csv")))
+    patient = rows[0]["patient"]
+    mine = [r for r in rows if r["patient"] == patient][:2]
+    mine[1] = {**mine[1], "split": "test" if mine[0]["split"] != "test" else "train"}
+    folder = tmp_path / "malaria"
+    for r in mine:
+        (folder / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data_root / "malaria" / r["path"], folder / r["path"])
+    with open(folder / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "patient"])
+        writer.writeheader()
+        writer.writerows(mine)
+    with pytest.raises(DataError, match=f"patient {patient} has cells in both"):
+        get_dataset("malaria", 64, tmp_path).sample_ids("train")
+    (folder / "manifest.csv").unlink()
+    with pytest.raises(DataNotFoundError, match="download malaria"):
+        get_dataset("malaria", 64, tmp_path)
+
+
+def test_malaria_cell_split_keeps_the_unseen_patients_apart(data_root):
+    by_patient = get_dataset("malaria", 64, data_root)
+    by_cell = get_dataset("malaria-cells", 64, data_root)
+    assert by_cell.sample_ids("test") == by_patient.sample_ids("test")
+    assert len(by_cell.sample_ids("train")) == len(by_patient.sample_ids("train"))
+    seen = set(by_cell.patients("train"))
+    # a random split by cell: its own test cells come from patients it trained on
+    assert set(by_cell.patients("test_seen")) <= seen
+    assert not seen & set(by_cell.patients("test"))
+    ids = [i for s in ("train", "val", "test_seen") for i in by_cell.sample_ids(s)]
+    assert sorted(ids) == sorted(by_patient.sample_ids("train") + by_patient.sample_ids("val"))
+
+
+def test_stretch_square_keeps_the_whole_cell():
+    from PIL import Image
+
+    from bloodviz.preprocess import Preprocessing
+
+    wide = np.zeros((50, 100, 3), dtype=np.uint8)
+    wide[:, :10] = (255, 0, 0)  # a parasite at the rim
+    image = Image.fromarray(wide)
+    stretched = Preprocessing(size=32, class_names=("a", "b"), square="stretch").prepare(image)
+    cropped = Preprocessing(size=32, class_names=("a", "b")).prepare(image)
+    assert stretched[:, 0, 0].min() > 200 and cropped[:, 0, 0].max() == 0
+    with pytest.raises(ValueError, match="square must be"):
+        Preprocessing(size=32, class_names=("a",), square="pad").prepare(image)

@@ -1,10 +1,12 @@
 """Download code against a local HTTP server on 127.0.0.1 (the real sites are unreachable here)."""
 
+import csv
 import hashlib
 import io
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ from bloodviz.download import (
     DownloadError,
     download_bloodmnist,
     download_file,
+    download_malaria,
     download_pbc,
     prepare_pbc_from_archive,
+    unpack_malaria_archive,
 )
 
 
@@ -145,3 +149,73 @@ def test_damaged_pbc_archive_is_refused(tmp_path, data_root):
     archive.write_bytes(b"not a zip")
     with pytest.raises(DownloadError, match="not a zip"):
         prepare_pbc_from_archive(archive, tmp_path / "pbc", progress=False)
+
+
+def _malaria_zip(data_root, patients: int = 12, per_patient: int = 3) -> tuple[bytes, dict]:
+    """A miniature NIH ``cell_images.zip``: real cells of a few patients, enlarged to NIH-like
+    original sizes (non-square PNGs), and the Thumbs.db files NIH's archive carries."""
+    from PIL import Image
+
+    rows = list(csv.DictReader(open(data_root / "malaria" / "manifest.csv")))
+    chosen_patients = sorted({r["patient"] for r in rows})[:patients]
+    buffer, names = io.BytesIO(), {}
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for patient in chosen_patients:
+            for row in [r for r in rows if r["patient"] == patient][:per_patient]:
+                folder = row["label"].capitalize()
+                with Image.open(data_root / "malaria" / row["path"]) as cell:
+                    big = cell.convert("RGB").resize((142, 130), Image.BICUBIC)
+                png = io.BytesIO()
+                big.save(png, format="PNG")
+                name = Path(row["path"]).with_suffix(".png").name
+                zf.writestr(f"cell_images/{folder}/{name}", png.getvalue())
+                names[f"{row['label']}/{name}"] = row
+        zf.writestr("cell_images/Parasitized/Thumbs.db", b"\0" * 64)
+    return buffer.getvalue(), names
+
+
+def test_malaria_download_resumes_checks_sha256_and_splits_by_patient(tmp_path, server, data_root):
+    base, handler = server
+    body, names = _malaria_zip(data_root)
+    handler.files["/cell_images.zip"] = body
+    sha = hashlib.sha256(body).hexdigest()
+    part = tmp_path / ".downloads" / "cell_images.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[: len(body) // 2])  # an interrupted earlier download
+    counts = download_malaria(tmp_path, url=f"{base}/cell_images.zip", sha256=sha, progress=False)
+    assert handler.requests[-1] == ("/cell_images.zip", f"bytes={len(body) // 2}-")
+    assert sum(counts.values()) == len(names) and not part.exists()
+    assert not list((tmp_path / "malaria").rglob("Thumbs.db"))
+
+    ds = get_dataset("malaria", 64, tmp_path)
+    assert not ds.has_manifest
+    patients = {s: set(ds.patients(s)) for s in ds.splits}
+    assert all(patients.values())  # 12 patients: 8 / 1 / 3 (rounded 70/10/20)
+    assert not (patients["train"] & patients["test"] or patients["train"] & patients["val"])
+    assert not patients["val"] & patients["test"]
+    ids = [i for s in ds.splits for i in ds.sample_ids(s)]
+    assert sorted(ids) == sorted(names)
+    # the same seed gives the same split; NIH's 142x130 cells are stretched back, not cut
+    assert ds.sample_ids("test") == get_dataset("malaria", 64, tmp_path).sample_ids("test")
+    test = ds.load_split("test", progress=False)
+    assert test.images.shape == (len(test), 64, 64, 3)
+    from PIL import Image
+
+    for sid, image in zip(test.ids[:3], test.images):
+        original = np.asarray(Image.open(data_root / "malaria" / names[sid]["path"]))
+        assert np.abs(original.astype(float) - image.astype(float)).mean() < 6
+
+
+def test_malaria_archive_with_a_wrong_checksum_or_no_cells_is_refused(tmp_path, server):
+    base, handler = server
+    handler.files["/cell_images.zip"] = b"not the archive"
+    with pytest.raises(DownloadError, match="SHA256 .* does not match"):
+        download_malaria(tmp_path, url=f"{base}/cell_images.zip", progress=False)
+    assert not (tmp_path / ".downloads" / "cell_images.zip").exists()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("cell_images/Parasitized/a.png", b"x")
+    archive = tmp_path / "other.zip"
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(DownloadError, match="no Uninfected images"):
+        unpack_malaria_archive(archive, tmp_path / "malaria", progress=False)
