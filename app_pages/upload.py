@@ -11,7 +11,7 @@ from bloodviz.preprocess import upscale
 
 st.title("Upload and classify")
 key, ckpts = ui.current_selection()
-ckpts = ui.at_most_loaded(ui.with_weights(ckpts), "Upload and classify")
+ckpts = ui.at_most_loaded(ui.with_weights(ckpts, gradients=False), "Upload and classify")
 if not ckpts:
     st.info(
         f"Choose a dataset and at least one model in the sidebar. No checkpoint yet? "
@@ -102,6 +102,9 @@ for result in results[:20]:
     if show_cam:
         columns = st.columns(len(ckpts))
         for column, ckpt in zip(columns, ckpts):
+            if not ckpt.has_weights:  # an imported ONNX model: no gradients to follow
+                column.caption(f"{ckpt.name}: no Grad-CAM ({ckpt.predictions_only_reason}).")
+                continue
             explanation = ui.explainer(str(ckpt.path)).explain(result.cell, "gradcam")
             top = int(np.argmax(explanation.probs))
             column.image(

@@ -178,6 +178,60 @@ def bench_onnx(ckpt, model, one, batch, threads, min_run_time) -> dict:
     }
 
 
+def bench_imported_onnx(
+    ckpt: Checkpoint, threads: int | None = None, min_run_time: float = 1.0, command: str = ""
+) -> dict:
+    """ONNX Runtime latency and throughput of an imported ONNX model (there is no PyTorch
+    model to time, count FLOPs of or probe for memory: those figures stay empty)."""
+    import onnx
+
+    from bloodviz.imports import imported_onnx_file
+
+    path = imported_onnx_file(ckpt)
+    if path is None:
+        raise ValueError(f"{ckpt.name} on {ckpt.dataset_key} has no ONNX file to benchmark")
+    threads = threads or torch.get_num_threads()
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name
+    size = ckpt.preprocessing.size
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+    batch = rng.standard_normal((64, 3, size, size)).astype(np.float32)
+    lat = timing(lambda: session.run(None, {name: one}), threads, min_run_time)
+    thr = timing(lambda: session.run(None, {name: batch}), threads, min_run_time)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    params = int(sum(np.prod(t.dims) for t in graph.initializer))
+    latency = {k.removesuffix("_s") + "_ms": v * 1e3 for k, v in lat.items() if k.endswith("_s")}
+    return {
+        "model": ckpt.model,
+        "dataset": ckpt.dataset_key,
+        "device": "cpu",
+        "threads": threads,
+        "hardware": hardware_info(),
+        "versions": versions(),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "runtime": f"onnxruntime {__import__('onnxruntime').__version__} CPUExecutionProvider",
+        "parameters": params,
+        "parameters_counted": "elements of the ONNX graph's initializers",
+        "checkpoint_file_bytes": path.stat().st_size,
+        "weights_measured": "the imported ONNX file",
+        "flops": None,
+        "input_size": size,
+        "latency_b1_ms": latency,
+        "latency_b1_runs": lat["runs"],
+        "throughput_b64_ips": {
+            "median": 64 / thr["median_s"],
+            "q1": 64 / thr["q3_s"],
+            "q3": 64 / thr["q1_s"],
+        },
+        "throughput_b64_runs": thr["runs"],
+        "train": {},
+        "reported": None,
+        "use_onnx": True,
+    }
+
+
 def decide_onnx(result: dict) -> bool:
     """ONNX Runtime serves predictions where it is faster at batch 1 and matches PyTorch."""
     onnx = result.get("onnx")
@@ -196,6 +250,8 @@ def store(ckpt: Checkpoint, result: dict) -> Path:
         result["latency_change_vs_previous"] = result["latency_b1_ms"]["median_ms"] / before - 1
     if result.get("onnx"):
         result["use_onnx"] = decide_onnx(result)
+    if result.get("latency_change_vs_previous") is None:
+        result.pop("latency_change_vs_previous", None)
     write_json(path, result)
     return path
 
@@ -220,7 +276,8 @@ def format_table(results: list[dict]) -> str:
         lat = r["latency_b1_ms"]
         lines.append(
             f"{r['dataset']:15s} {r['model']:14s} {r['parameters']:9d} "
-            f"{r['flops'] / 1e6:8.1f} {fmt((r['checkpoint_file_bytes'] or 0) / 2**20, '7.1f')} "
+            f"{fmt(r['flops'] and r['flops'] / 1e6, '8.1f')} "
+            f"{fmt((r['checkpoint_file_bytes'] or 0) / 2**20, '7.1f')} "
             f"{lat['median_ms']:7.2f} ({lat['iqr_ms']:5.2f}) "
             f"{r['throughput_b64_ips']['median']:9.0f} "
             f"{fmt(onnx.get('latency_b1_ms', {}).get('median_ms'), '9.2f')} "

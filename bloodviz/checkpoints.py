@@ -384,12 +384,14 @@ def write_checkpoint(
     weights: dict | None = None,
     fp16: bool = False,
     local_weights: Path | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a whole checkpoint atomically; every trainer goes through here.
 
     ``weights`` (a state dict) are saved unless :func:`why_not_shipped` says otherwise: then
     they move to ``local_weights`` (under ``runs/``) and the run card records why, making a
     predictions-only checkpoint. Without ``weights`` the run card must already say why.
+    ``extra_files`` writes anything else into the folder (an imported model's ONNX file).
     """
 
     def fill(folder: Path) -> None:
@@ -415,6 +417,8 @@ def write_checkpoint(
         if history is not None:
             history.to_csv(folder / "history.csv", index=False)
         write_json(folder / "metrics.json", metrics)
+        if extra_files is not None:
+            extra_files(folder)
         write_json(folder / "run.json", card.to_dict())
 
     return write_atomic(out_dir, fill)

@@ -177,6 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, help="with --verify: only these")
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser(
+        "import-onnx",
+        help="bring an ONNX classifier: run it on every val and test cell, compare with the zoo",
+    )
+    p.add_argument("onnx_file", type=Path)
+    _add_data_args(p)
+    p.add_argument("--name", required=True, help="its name on every page")
+    p.add_argument("--mean", type=float, nargs=3, default=None, help="default: ImageNet's")
+    p.add_argument("--std", type=float, nargs=3, default=None, help="default: ImageNet's")
+    p.add_argument(
+        "--outputs",
+        choices=["auto", "logits", "probs"],
+        default="auto",
+        help="what the model returns (auto: rows summing to 1 are probabilities)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an imported checkpoint")
+    p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime benchmark")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
+    p = sub.add_parser(
+        "import-predictions",
+        help="bring predictions made elsewhere (CSV: sample_id, p_<class>...) as a checkpoint",
+    )
+    p.add_argument("csv_file", type=Path)
+    _add_data_args(p)
+    p.add_argument("--name", required=True, help="its name on every page")
+    p.add_argument("--overwrite", action="store_true", help="replace an imported checkpoint")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("gradcam", help="save a CAM overlay of one image")
     p.add_argument("image", type=Path)
     p.add_argument("--dataset", required=True)
@@ -244,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export_onnx(args)
         if args.command == "cellbank":
             return _cellbank(args, command_line)
+        if args.command in ("import-onnx", "import-predictions"):
+            return _import(args, command_line)
         if args.command == "sweep":
             from bloodviz.sweep import sweep
 
@@ -280,6 +312,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 1
+
+
+def _import(args, command_line: str) -> int:
+    from bloodviz.checkpoints import open_checkpoint
+    from bloodviz.imports import import_onnx, import_predictions
+
+    if args.command == "import-predictions":
+        path = import_predictions(
+            args.csv_file,
+            dataset=args.dataset,
+            name=args.name,
+            size=args.size,
+            data_root=args.data_root,
+            checkpoints=args.checkpoints,
+            overwrite=args.overwrite,
+            command=command_line,
+        )
+    else:
+        path = import_onnx(
+            args.onnx_file,
+            dataset=args.dataset,
+            name=args.name,
+            size=args.size,
+            mean=tuple(args.mean) if args.mean else None,
+            std=tuple(args.std) if args.std else None,
+            outputs=args.outputs,
+            data_root=args.data_root,
+            checkpoints=args.checkpoints,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            command=command_line,
+        )
+    ckpt = open_checkpoint(path)
+    for split, m in ckpt.metrics().items():
+        print(
+            f"{ckpt.dataset_key} {ckpt.name} {split}: accuracy {m['accuracy']:.4f} "
+            f"(95% CI {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f}), macro-F1 "
+            f"{m['macro_f1']:.4f}, n={m['n']}"
+        )
+    print(f"wrote {path}")
+    if args.command == "import-onnx" and not args.no_bench:
+        from bloodviz.benchmark import bench_imported_onnx, format_table, store
+
+        result = bench_imported_onnx(ckpt, command=command_line)
+        store(ckpt, result)
+        print(format_table([result]))
+    return 0
 
 
 def _train(args, command_line: str) -> int:
@@ -371,6 +450,17 @@ def _bench(args, command_line: str) -> int:
     else:
         baseline = benchmark.peak_rss(None, "baseline") if args.device == "cpu" else None
         for ckpt in tqdm(chosen, desc="bench", disable=args.json):
+            kind = ckpt.run.imported.get("kind")
+            if kind == "predictions":
+                print(f"{ckpt.name}: imported predictions, no model to time", file=sys.stderr)
+                continue
+            if kind == "onnx":
+                result = benchmark.bench_imported_onnx(
+                    ckpt, args.threads, args.min_time, command=command_line
+                )
+                benchmark.store(ckpt, result)
+                results.append(result)
+                continue
             result = benchmark.bench_checkpoint(
                 ckpt,
                 device=args.device,

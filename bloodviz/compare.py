@@ -73,15 +73,19 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
                 **quality_fields(metrics),
                 "latency_ms": _get(bench, "latency_b1_ms", "median_ms"),
                 "throughput_ips": _get(bench, "throughput_b64_ips", "median"),
-                "parameters": run.parameters,
+                "parameters": run.parameters or bench.get("parameters"),
                 "mflops": bench["flops"] / 1e6 if bench.get("flops") else None,
-                "file_mb": weights.stat().st_size / 2**20 if weights.exists() else None,
+                "file_mb": (
+                    weights.stat().st_size / 2**20
+                    if weights.exists()
+                    else (bench.get("checkpoint_file_bytes") or 0) / 2**20 or None
+                ),
                 "memory_mb": _get(bench, "memory_mb", "infer_over_baseline"),
                 "n": metrics["n"],
                 "pretrained": run.pretrained_label,
                 "epochs": run.epochs_run,
                 "train_images": run.train_images,
-                "weights": "predictions only" if ckpt.predictions_only_reason else "shipped",
+                "weights": _weights_label(ckpt),
                 "trained_on": run.trained_on,
                 "whole_split": not run.is_cpu_budget,
                 "benchmarked": bool(bench),
@@ -92,6 +96,13 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
     if not frame.empty:
         frame = frame.sort_values("accuracy", ascending=False, ignore_index=True)
     return frame
+
+
+def _weights_label(ckpt: Checkpoint) -> str:
+    kind = ckpt.run.imported.get("kind")
+    if kind:
+        return {"onnx": "imported ONNX", "predictions": "imported predictions"}.get(kind, kind)
+    return "predictions only" if ckpt.predictions_only_reason else "shipped"
 
 
 def filter_board(

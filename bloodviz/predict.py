@@ -149,6 +149,16 @@ class Runner:
         self._session = None
         self._model = None
         bench = ckpt.bench() or {}
+        from bloodviz.imports import imported_onnx_file
+
+        imported = imported_onnx_file(ckpt)
+        if imported is not None:  # an imported ONNX model has nothing else to run on
+            self._session = onnx_session(imported, bench.get("threads", 1))
+            self._input = self._session.get_inputs()[0].name
+            self.backend = "onnxruntime"
+            self._outputs = ckpt.run.imported.get("outputs", "logits")
+            return
+        self._outputs = "logits"
         if backend == "onnx" or (backend == "auto" and bench.get("use_onnx")):
             if not ckpt.has_weights:
                 ckpt.load_model()  # raises CheckpointError saying why there are no weights
@@ -162,7 +172,12 @@ class Runner:
         prep = self.ckpt.preprocessing
         if self._session is None:
             return predict_probs(self._model, prep, images)
-        return softmax(self._session.run(None, {self._input: prep.to_array(images)})[0])
+        raw = self._session.run(None, {self._input: prep.to_array(images)})[0]
+        if self._outputs == "logits":
+            return softmax(raw)
+        from bloodviz.imports import as_probabilities
+
+        return as_probabilities(raw, self._outputs)
 
 
 def confidence_threshold(ckpt: Checkpoint, quantile: float = OOD_VAL_QUANTILE) -> float:

@@ -122,6 +122,8 @@ class RunCard:
     # what a feature + SVM run used (study 003)
     features: str = ""
     classifier: str = ""
+    # a model brought in rather than trained here: kind (onnx / predictions), file, sha256
+    imported: Mapping[str, Any] = field(default_factory=dict)
     # keys written by other versions, kept as they are
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -138,7 +140,7 @@ class RunCard:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
-        optional = ("weights_not_shipped", "features", "classifier", "epochs_planned")
+        optional = ("weights_not_shipped", "features", "classifier", "epochs_planned", "imported")
         for key in (*optional, "precision_probe"):
             if not data[key]:
                 data.pop(key)  # only where they apply, as the cards have always been written

@@ -397,13 +397,19 @@ def at_most_loaded(ckpts: list[Checkpoint], page: str) -> list[Checkpoint]:
     return kept
 
 
-def with_weights(ckpts: list[Checkpoint]) -> list[Checkpoint]:
-    """The chosen checkpoints that can run on an image; says which ship predictions only."""
-    runnable = [c for c in ckpts if c.has_weights]
+def with_weights(ckpts: list[Checkpoint], *, gradients: bool = True) -> list[Checkpoint]:
+    """The chosen checkpoints that can run here: with PyTorch weights where the page needs
+    ``gradients`` (Grad-CAM), else anything that classifies an image (an imported ONNX model
+    too). Says which are left out and why."""
+    from bloodviz.imports import imported_onnx_file
+
+    def runs(ckpt: Checkpoint) -> bool:
+        return ckpt.has_weights or (not gradients and imported_onnx_file(ckpt) is not None)
+
     for ckpt in ckpts:
-        if not ckpt.has_weights:
+        if not runs(ckpt):
             st.caption(
                 f"**{ckpt.name}** is left out here: it ships predictions only "
                 f"({ckpt.predictions_only_reason}). Its metrics are on the other pages."
             )
-    return runnable
+    return [c for c in ckpts if runs(c)]
