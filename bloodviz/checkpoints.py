@@ -44,12 +44,14 @@ PRETRAINED_SUFFIX = "@imagenet"
 
 
 def checkpoint_name(model: str, pretrained: bool = False) -> str:
-    """Folder name of a checkpoint: a pretrained run sits beside the from-scratch one."""
-    return model + (PRETRAINED_SUFFIX if pretrained else "")
+    """Folder name of a checkpoint: a pretrained run sits beside the from-scratch one; a timm
+    architecture brought by name (``timm:convnext_atto``) is ``timm-convnext_atto`` (no colon in
+    paths or addresses)."""
+    return model.replace(":", "-") + (PRETRAINED_SUFFIX if pretrained else "")
 
 
 def checkpoint_dir(dataset_key: str, model: str, root: Path | None = None) -> Path:
-    return Path(root or checkpoints_root()) / dataset_key / model
+    return Path(root or checkpoints_root()) / dataset_key / model.replace(":", "-")
 
 
 def find_checkpoint(

@@ -73,6 +73,19 @@ def resolve_target_layer(model: torch.nn.Module, model_name: str) -> torch.nn.Mo
     return model.get_submodule(name)
 
 
+def cam_reshape(model_name: str):
+    """The ``reshape_transform`` a model's target layer needs (a transformer's tokens to a
+    map), or None."""
+    spec = model_info(model_name).cam_reshape
+    if not spec.startswith("tokens:"):
+        return None
+    from functools import partial
+
+    from bloodviz.models.timm_any import tokens_to_map
+
+    return partial(tokens_to_map, prefix=int(spec.partition(":")[2]))
+
+
 class Explainer:
     """CAMs for one model; ``explain`` takes a prepared ``size x size x 3`` uint8 cell."""
 
@@ -81,6 +94,7 @@ class Explainer:
         self.model_name = model_name
         self.prep = prep
         self.layer = resolve_target_layer(model, model_name)
+        self.reshape = cam_reshape(model_name)
         self._lock = threading.Lock()  # one pass through the shared model at a time
 
     @classmethod
@@ -92,7 +106,9 @@ class Explainer:
         """A CAM object for one call; release its hooks when the call is done."""
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose from {list(CAM_METHODS)}")
-        cam = CAM_METHODS[method][1](model=self.model, target_layers=[self.layer])
+        cam = CAM_METHODS[method][1](
+            model=self.model, target_layers=[self.layer], reshape_transform=self.reshape
+        )
         if method in SLOW_METHODS:
             cam.batch_size = 64
         return cam

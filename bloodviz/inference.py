@@ -139,7 +139,7 @@ def onnx_path(ckpt) -> Path:
     weights = ckpt.weights_path
     content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
     digest = hashlib.sha1(content).hexdigest()[:12]
-    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.model}-{digest}.onnx"
+    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}.onnx"
 
 
 def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:

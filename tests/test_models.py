@@ -128,3 +128,56 @@ def test_pretrained_run_from_a_local_weights_file(tmp_path):
     env["BLOODVIZ_PRETRAINED_DIR"] = str(tmp_path / "empty")
     failed = run_bloodviz(*args, "--pretrained", "--fresh", env=env)
     assert failed.returncode == 2 and "could not be loaded" in failed.stderr
+
+
+def test_any_timm_architecture_by_name():
+    from bloodviz.models import model_info
+    from bloodviz.models.timm_any import tokens_to_map
+
+    cnn = model_info("timm:mobilenetv3_small_050")
+    assert cnn.family == "timm" and cnn.target_layer and not cnn.cam_reshape
+    assert "none needed" in cnn.adaptation
+    out = create_model("timm:mobilenetv3_small_050", num_classes=8, in_size=64)(
+        torch.zeros(2, 3, 64, 64)
+    )
+    assert out.shape == (2, 8)
+    vit = model_info("timm:deit_tiny_patch16_224")
+    # a transformer: its last block's norm, read as a map of its 4x4 patch tokens
+    assert vit.target_layer == "blocks.11.norm1" and vit.cam_reshape == "tokens:1"
+    assert "img_size=64" in vit.adaptation
+    tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)
+    assert tokens_to_map(tokens, prefix=1).shape == (2, 3, 4, 4)
+    with pytest.raises(KeyError, match="timm has no architecture .*convnext_giant_x.*similar"):
+        model_info("timm:convnext_giant_x")
+    with pytest.raises(ValueError, match="cannot take 8 px cells"):
+        create_model("timm:vit_tiny_patch16_224", num_classes=8, in_size=8)
+
+
+@pytest.mark.slow
+def test_a_timm_transformer_trains_and_explains(tmp_path):
+    import numpy as np
+
+    from bloodviz.checkpoints import list_checkpoints
+    from bloodviz.explain import Explainer
+
+    result = run_bloodviz(
+        "train",
+        "--model",
+        "timm:deit_tiny_patch16_224",
+        "--dataset",
+        "pbc",
+        "--epochs",
+        "1",
+        "--limit-per-class",
+        "4",
+        "--quiet",
+        env=store_env(tmp_path / "ck", tmp_path / "runs"),
+    )
+    assert result.returncode == 0, result.stderr
+    (ckpt,) = list_checkpoints(tmp_path / "ck")
+    assert ckpt.name == "timm-deit_tiny_patch16_224"  # no colon in the store's paths
+    assert ckpt.model == "timm:deit_tiny_patch16_224" and "img_size=64" in ckpt.run.adaptation
+    explainer = Explainer.from_checkpoint(ckpt)
+    cell = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cam = explainer.explain(cell, "gradcam").cam
+    assert cam.shape == (64, 64) and cam.max() > 0

@@ -24,6 +24,9 @@ class ModelInfo:
     pretrained_source: str = ""
     # "gradient": trained by bloodviz.train; "svm": a network's features + an SVM (bloodviz.svm)
     trainer: str = "gradient"
+    # how Grad-CAM turns the target layer's output into a map: "" (it is one) or
+    # "tokens:<n>" (a transformer's tokens, the first n of them class / distillation tokens)
+    cam_reshape: str = ""
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -83,6 +86,10 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
+    if name.startswith("timm:"):  # any timm architecture by name (bloodviz.models.timm_any)
+        from bloodviz.models.timm_any import timm_info
+
+        return timm_info(name)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     return _REGISTRY[name]
