@@ -348,6 +348,11 @@ def check_onnx_shapes(session, size: int, num_classes: int, source: str) -> None
     if len(shape) != 4:
         raise ImportRefused(f"{source}'s input has shape {shape}; expected N x 3 x H x W")
     channels, height, width = shape[1:]
+    if width == 3 and channels != 3:
+        raise ImportRefused(
+            f"{source} takes channels last ({shape}); bloodviz feeds N x 3 x H x W: export it "
+            "channels first"
+        )
     if isinstance(channels, int) and channels != 3:
         raise ImportRefused(f"{source}'s input has {channels} channels; bloodviz feeds RGB (3)")
     for side, value in (("height", height), ("width", width)):
@@ -425,7 +430,13 @@ def import_onnx(
                 raise ImportRefused(
                     f"{onnx_file.name} returned shape {raw.shape}; expected (batch, {len(classes)})"
                 )
-            probs.append(as_probabilities(raw, outputs))
+            batch_probs = as_probabilities(raw, outputs)
+            if not np.isfinite(batch_probs).all():
+                raise ImportRefused(
+                    f"{onnx_file.name} returned NaN or infinite outputs on {split} cells "
+                    f"{start}-{start + len(batch) - 1}; nothing was written"
+                )
+            probs.append(batch_probs)
         predictions[split] = Predictions(
             ids=arrays.ids, labels=arrays.labels, probs=np.concatenate(probs), class_names=classes
         )

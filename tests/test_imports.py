@@ -174,6 +174,31 @@ def test_onnx_files_that_do_not_fit_are_refused(tmp_path, onnx_file):
     )
     with pytest.raises(ImportRefused, match="images of height 32.*--size 32"):
         import_onnx(fixed, dataset="pbc", name="x", checkpoints=tmp_path)
+    channels_last = tmp_path / "nhwc.onnx"
+
+    class ChannelsLast(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(1, 2))[:, :1].repeat(1, 8)
+
+    torch.onnx.export(ChannelsLast(), torch.zeros(1, 64, 64, 3), str(channels_last), dynamo=False)
+    with pytest.raises(ImportRefused, match="takes channels last"):
+        import_onnx(channels_last, dataset="pbc", name="x", checkpoints=tmp_path)
+
+    class NotANumber(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x.mean(dim=(2, 3)) - 10.0).repeat(1, 3)[:, :8]
+
+    nan = tmp_path / "nan.onnx"
+    torch.onnx.export(
+        NotANumber(),
+        torch.zeros(1, 3, 64, 64),
+        str(nan),
+        dynamo=False,
+        dynamic_axes={"input": {0: "batch"}},
+        input_names=["input"],
+    )
+    with pytest.raises(ImportRefused, match="NaN or infinite outputs on val"):
+        import_onnx(nan, dataset="pbc", name="x", checkpoints=tmp_path, progress=False)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(ImportRefused, match="not an ONNX model"):
