@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--csv", type=Path, default=None, help="write one row per image and model")
     p.add_argument("--pytorch", action="store_true", help="never use ONNX Runtime")
+    p.add_argument(
+        "--abstain",
+        action="store_true",
+        help="withhold the prediction of an image the OOD score flags (CSV: abstained)",
+    )
     p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser(
@@ -205,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--name", required=True, help="its name on every page")
     p.add_argument("--overwrite", action="store_true", help="replace an imported checkpoint")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
+    p = sub.add_parser(
+        "ood",
+        help="fit each checkpoint's out-of-distribution score and benchmark it (AUROC, FPR95)",
+    )
+    _add_data_args(p)
+    p.add_argument("--models", "--model", nargs="+", required=True, dest="models")
+    p.add_argument("--refit", action="store_true", help="fit again even if one is stored")
+    p.add_argument("--quiet", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser("gradcam", help="save a CAM overlay of one image")
@@ -274,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export_onnx(args)
         if args.command == "cellbank":
             return _cellbank(args, command_line)
+        if args.command == "ood":
+            return _ood(args, command_line)
         if args.command in ("import-onnx", "import-predictions"):
             return _import(args, command_line)
         if args.command == "sweep":
@@ -312,6 +329,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 1
+
+
+def _ood(args, command_line: str) -> int:
+    from bloodviz.checkpoints import find_checkpoint
+    from bloodviz.ood import benchmark, fit_detector, load_detector
+
+    for model in args.models:
+        ckpt = find_checkpoint(args.dataset, model, args.size, args.checkpoints)
+        if args.refit or load_detector(ckpt) is None:
+            detector = fit_detector(ckpt, args.data_root, not args.quiet, command_line)
+            print(
+                f"{ckpt.dataset_key} {ckpt.name}: fitted on {detector.card['fitted_on']['train']} "
+                f"training cells in {detector.card['seconds']} s; threshold "
+                f"{detector.threshold:.1f} passes {detector.card['pass_rate_on_val']:.0%} of val"
+            )
+        result = benchmark(ckpt, args.data_root, not args.quiet, command_line)
+        print(
+            f"{ckpt.dataset_key} {ckpt.name}: test cells vs each set ({result['in_distribution']})"
+        )
+        print(
+            f"  {'set':22s} {'n':>5s} {'AUROC maha':>10s} {'AUROC energy':>12s} "
+            f"{'FPR95 maha':>10s} {'FPR95 energy':>12s} {'flagged':>8s}"
+        )
+        for name, row in result["sets"].items():
+            print(
+                f"  {name:22s} {row['n']:5d} {row['auroc_mahalanobis']:10.4f} "
+                f"{row['auroc_energy']:12.4f} {row['fpr95_mahalanobis']:10.4f} "
+                f"{row['fpr95_energy']:12.4f} {row['flagged']:8.1%}"
+            )
+    return 0
 
 
 def _import(args, command_line: str) -> int:
@@ -485,7 +532,7 @@ def _predict(args) -> int:
 
     ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.model]
     files = read_paths(args.paths)
-    runners = {c.model: Runner(c, backend="pytorch" if args.pytorch else "auto") for c in ckpts}
+    runners = {c.name: Runner(c, backend="pytorch" if args.pytorch else "auto") for c in ckpts}
     results = classify(files, ckpts, runners, framing=args.framing)
     classes = ckpts[0].preprocessing.class_names
     for r in results:
@@ -500,11 +547,19 @@ def _predict(args) -> int:
             top = probs.argsort()[::-1][:3]
             ranked = ", ".join(f"{classes[i]} {probs[i]:.1%}" for i in top)
             backend = f" [{runners[model].backend}]" if model in runners else ""
-            print(f"  {model:14s}{backend}: {ranked}")
+            ood = ""
+            if model in r.ood:
+                score, threshold = r.ood[model]
+                ood = (
+                    f" | OOD score {score:.0f} ({'FLAGGED, over' if score > threshold else 'under'}"
+                )
+                ood += f" {threshold:.0f})"
+            withheld = args.abstain and model in r.ood and r.ood[model][0] > r.ood[model][1]
+            print(f"  {model:14s}{backend}: {'abstained; ' if withheld else ''}{ranked}{ood}")
             for note in r.warnings.get(model, []):
                 print(f"    warning: {note}")
     if args.csv:
-        write_csv(args.csv, result_rows(results, classes), classes)
+        write_csv(args.csv, result_rows(results, classes, abstain=args.abstain), classes)
         print(f"wrote {args.csv}")
     return 1 if any(r.error for r in results) else 0
 

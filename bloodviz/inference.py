@@ -139,7 +139,8 @@ def onnx_path(ckpt) -> Path:
     weights = ckpt.weights_path
     content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
     digest = hashlib.sha1(content).hexdigest()[:12]
-    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}.onnx"
+    # v2: a second output, the penultimate features the OOD score reads
+    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}-v2.onnx"
 
 
 def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
@@ -153,17 +154,44 @@ def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
     model = (model or ckpt.cost_model()).eval()
     size = ckpt.preprocessing.size
     tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
-    # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
-    torch.onnx.export(
-        model,
-        torch.zeros(1, 3, size, size),
-        str(tmp),
-        dynamo=False,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-    )
+    from bloodviz.ood import FeatureTap, feature_layer
+
+    try:
+        layer = feature_layer(model, size, ckpt.preprocessing.num_classes)
+    except ValueError:  # no final Linear layer: logits only
+        layer = None
+
+    class WithFeatures(torch.nn.Module):
+        """The network, also returning the features its classifier reads (one pass)."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.tap = FeatureTap(model, layer)
+
+        def forward(self, x):
+            logits = self.net(x)
+            return logits, self.tap.features
+
+    # eval: the exporter puts the module back in its own mode afterwards, and a wrapper left
+    # in training mode would switch the caller's network to batch statistics
+    exported = WithFeatures().eval() if layer else model
+    outputs = ["logits", "features"] if layer else ["logits"]
+    try:
+        # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
+        torch.onnx.export(
+            exported,
+            torch.zeros(1, 3, size, size),
+            str(tmp),
+            dynamo=False,
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+            opset_version=17,
+        )
+    finally:
+        if layer:
+            exported.tap.remove()
     os.replace(tmp, path)
     return path
 

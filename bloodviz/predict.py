@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,8 +149,13 @@ class Runner:
         self.backend = "pytorch"
         self._session = None
         self._model = None
+        self._layer = None
+        self._lock = threading.Lock()  # a feature hook on a shared PyTorch model: one pass
         bench = ckpt.bench() or {}
         from bloodviz.imports import imported_onnx_file
+        from bloodviz.ood import load_detector
+
+        self.detector = load_detector(ckpt)
 
         imported = imported_onnx_file(ckpt)
         if imported is not None:  # an imported ONNX model has nothing else to run on
@@ -167,17 +173,39 @@ class Runner:
             self.backend = "onnxruntime"
         else:
             self._model = ckpt.load_model()
+            if self.detector is not None:
+                from bloodviz.ood import feature_layer
+
+                self._layer = feature_layer(self._model, ckpt.size, ckpt.preprocessing.num_classes)
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, where the checkpoint has a fitted detector, OOD scores: one
+        pass through the network for both."""
+        prep = self.ckpt.preprocessing
+        features = None
+        if self._session is None:
+            if self._layer is None:
+                return predict_probs(self._model, prep, images), None
+            from bloodviz.ood import logits_and_features
+
+            with self._lock:
+                logits, features = logits_and_features(self._model, prep, images, layer=self._layer)
+            probs = softmax(logits)
+        else:
+            outputs = self._session.run(None, {self._input: prep.to_array(images)})
+            if self._outputs == "logits":
+                probs = softmax(outputs[0])
+            else:
+                from bloodviz.imports import as_probabilities
+
+                probs = as_probabilities(outputs[0], self._outputs)
+            features = outputs[1] if len(outputs) > 1 else None
+        if self.detector is None or features is None:
+            return probs, None
+        return probs, self.detector.score(features)
 
     def probs(self, images: np.ndarray) -> np.ndarray:
-        prep = self.ckpt.preprocessing
-        if self._session is None:
-            return predict_probs(self._model, prep, images)
-        raw = self._session.run(None, {self._input: prep.to_array(images)})[0]
-        if self._outputs == "logits":
-            return softmax(raw)
-        from bloodviz.imports import as_probabilities
-
-        return as_probabilities(raw, self._outputs)
+        return self.predict(images)[0]
 
 
 def confidence_threshold(ckpt: Checkpoint, quantile: float = OOD_VAL_QUANTILE) -> float:
@@ -195,6 +223,7 @@ class ImageResult:
     error: str | None = None
     per_model: dict = field(default_factory=dict)  # model -> probs
     warnings: dict = field(default_factory=dict)  # model -> list of messages
+    ood: dict = field(default_factory=dict)  # model -> (score, threshold), where fitted
     ensemble: np.ndarray | None = None
     cell: np.ndarray | None = None  # the prepared cell the first model saw
 
@@ -231,9 +260,20 @@ def classify(
             cell = ckpt.preprocessing.prepare(image, chosen)
             if result.cell is None:
                 result.cell = cell
-            probs = runners[ckpt.name].probs(cell[None])[0]
+            runner = runners[ckpt.name]
+            probs, scores = runner.predict(cell[None])
+            probs = probs[0]
             result.per_model[ckpt.name] = probs
             notes = []
+            if scores is not None:
+                threshold = runner.detector.threshold
+                result.ood[ckpt.name] = (float(scores[0]), threshold)
+                if scores[0] > threshold:
+                    notes.append(
+                        f"unlike the training data: its features' OOD score {scores[0]:.0f} is "
+                        f"above {threshold:.0f}, which 95% of validation cells stay under; do "
+                        "not trust this prediction"
+                    )
             if probs.max() < thresholds[ckpt.name]:
                 notes.append(
                     f"low confidence ({probs.max():.0%}, below what 95% of validation images "
@@ -248,8 +288,14 @@ def classify(
     return results
 
 
-def result_rows(results: list[ImageResult], class_names: tuple[str, ...]) -> list[dict]:
-    """One row per image and model (and 'ensemble' where several models were used)."""
+def result_rows(
+    results: list[ImageResult], class_names: tuple[str, ...], *, abstain: bool = False
+) -> list[dict]:
+    """One row per image and model (and 'ensemble' where several models were used).
+
+    ``ood_score`` and ``flagged`` come from the checkpoint's fitted detector (empty where none
+    is fitted; the ensemble is flagged when any member is). With ``abstain``, a flagged row's
+    prediction is withheld: ``predicted`` is empty and ``abstained`` true."""
     rows = []
     for r in results:
         if r.error:
@@ -262,11 +308,22 @@ def result_rows(results: list[ImageResult], class_names: tuple[str, ...]) -> lis
             models["ensemble"] = r.ensemble
         for model, probs in models.items():
             top = int(np.argmax(probs))
+            if model in r.ood:
+                score, threshold = r.ood[model]
+                ood_score, flagged = round(score, 3), score > threshold
+            elif model == "ensemble" and r.ood:
+                ood_score, flagged = "", any(s > t for s, t in r.ood.values())
+            else:
+                ood_score, flagged = "", ""
+            withheld = abstain and flagged is True
             row = {
                 "path": r.name,
                 "model": model,
-                "predicted": class_names[top],
+                "predicted": "" if withheld else class_names[top],
                 "probability": round(float(probs[top]), 6),
+                "ood_score": ood_score,
+                "flagged": flagged,
+                "abstained": withheld,
                 "error": "",
             }
             row.update({f"p_{c}": round(float(p), 6) for c, p in zip(class_names, probs)})
@@ -281,6 +338,9 @@ def write_csv(path: Path, rows: list[dict], class_names: tuple[str, ...]) -> Non
         "predicted",
         "probability",
         *[f"p_{c}" for c in class_names],
+        "ood_score",
+        "flagged",
+        "abstained",
         "error",
     ]
     with open(path, "w", newline="") as handle:

@@ -1,0 +1,123 @@
+"""The out-of-distribution score: fitted per checkpoint, one pass with the prediction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import run_bloodviz, train_tiny
+from PIL import Image
+
+from bloodviz.checkpoints import find_checkpoint, list_checkpoints
+from bloodviz.ood import (
+    Mahalanobis,
+    auroc,
+    benchmark,
+    energy_score,
+    feature_layer,
+    fit_detector,
+    fpr_at_95,
+    load_detector,
+    logits_and_features,
+    stored_scores,
+)
+
+
+def test_mahalanobis_scores_far_points_higher_and_survives_a_round_trip(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 900)
+    centres = rng.normal(0, 5, (3, 20))
+    features = centres[labels] + rng.normal(0, 1, (900, 20)) * np.linspace(0.1, 2, 20)
+    fitted = Mahalanobis.fit(features, labels)
+    near = centres[1] + rng.normal(0, 1, (50, 20)) * np.linspace(0.1, 2, 20)
+    far = centres[1] + rng.normal(0, 1, (50, 20)) * 6
+    assert auroc(fitted.score(near), fitted.score(far)) > 0.99
+    assert fpr_at_95(fitted.score(near), fitted.score(far)) < 0.05
+    # the stored statistics give back the very same scores (a transposed view once did not)
+    save_file(fitted.to_tensors(), str(tmp_path / "ood.safetensors"))
+    loaded = Mahalanobis.from_tensors(load_file(str(tmp_path / "ood.safetensors")))
+    assert np.allclose(loaded.score(far), fitted.score(far), rtol=1e-12)
+    # energy: confident logits score lower (more in-distribution) than flat ones
+    assert energy_score(np.array([[10.0, 0, 0]]))[0] < energy_score(np.array([[0.0, 0, 0]]))[0]
+
+
+def test_features_come_from_the_classifier_input():
+    ckpt = find_checkpoint("pbc", "cnn_baseline")
+    model = ckpt.load_model()
+    layer = feature_layer(model, 64, 8)
+    assert layer and isinstance(model.get_submodule(layer), __import__("torch").nn.Linear)
+    cells = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    logits, feats = logits_and_features(model, ckpt.preprocessing, cells)
+    assert logits.shape == (3, 8) and feats.shape[0] == 3
+    head = model.get_submodule(layer)
+    again = head(__import__("torch").as_tensor(feats)).detach().numpy()
+    assert np.allclose(again, logits, atol=1e-4)  # the tapped features give the logits
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, data_root):
+    root, env = train_tiny(tmp_path_factory, limit=20)
+    (ckpt,) = list_checkpoints(root)
+    detector = fit_detector(ckpt, progress=False, command="test")
+    return ckpt, detector, root, env
+
+
+@pytest.mark.slow
+def test_fit_stores_a_threshold_that_passes_95_percent_of_validation(fitted):
+    ckpt, detector, _, _ = fitted
+    val = stored_scores(ckpt, "val")
+    assert detector.threshold > 0
+    assert np.mean(val["ood_score"] <= detector.threshold) == pytest.approx(0.95, abs=0.03)
+    assert load_detector(ckpt).threshold == detector.threshold
+    assert set(ckpt.predictions("test").ids) <= set(stored_scores(ckpt, "test")["sample_id"])
+    result = benchmark(ckpt, progress=False, command="test")
+    assert {"gaussian noise", "blank", "natural photos", "blood-cells cells"} <= set(result["sets"])
+    row = result["sets"]["gaussian noise"]
+    assert 0 <= row["auroc_mahalanobis"] <= 1 and 0 <= row["fpr95_energy"] <= 1
+
+
+@pytest.mark.slow
+def test_onnx_and_pytorch_score_alike_and_the_csv_flags(fitted, tmp_path, data_root):
+    from bloodviz.predict import Runner
+
+    ckpt, _, root, env = fitted
+    cells = np.random.default_rng(1).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    by_torch = Runner(ckpt, backend="pytorch")
+    by_onnx = Runner(ckpt, backend="onnx")
+    (p1, s1), (p2, s2) = by_torch.predict(cells), by_onnx.predict(cells)
+    assert np.allclose(p1, p2, atol=1e-4) and np.allclose(s1, s2, rtol=1e-3)
+    # the export left the network in eval mode: batch statistics never leak in
+    assert not by_torch._model.training
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        noise
+    )
+    out = tmp_path / "p.csv"
+    result = run_bloodviz(
+        "predict",
+        str(noise),
+        "--dataset",
+        "pbc",
+        "--model",
+        "cnn_baseline",
+        "--abstain",
+        "--csv",
+        str(out),
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    row = pd.read_csv(out).iloc[0]
+    assert row["flagged"] and row["abstained"] and pd.isna(row["predicted"])
+    assert row["ood_score"] > load_detector(ckpt).threshold
+    assert "unlike the training data" in result.stdout
+
+
+@pytest.mark.slow
+def test_ood_command_prints_the_benchmark(tmp_path_factory):
+    _, env = train_tiny(tmp_path_factory, limit=12)
+    result = run_bloodviz("ood", "--dataset", "pbc", "--model", "cnn_baseline", "--quiet", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "fitted on" in result.stdout and "gaussian noise" in result.stdout
+    assert "AUROC maha" in result.stdout
+    missing = run_bloodviz("ood", "--dataset", "pbc", "--model", "resnet18", env=env)
+    assert missing.returncode == 2 and "error:" in missing.stderr
