@@ -77,6 +77,13 @@ for ckpt in ckpts:
     columns[0].image(upscale(image, 192), caption=ckpt.name)
     probs = explainer.probabilities(image)
     columns[0].write(f"{classes[int(probs.argmax())]} {probs.max():.1%}")
+    scores, ood_card = ui.ood_scores(str(ckpt.path), split)
+    if scores is not None:
+        found = scores.loc[scores["sample_id"] == sample, "ood_score"]
+        if len(found):
+            value, limit = float(found.iloc[0]), ood_card["threshold"]
+            verdict = "**flagged**: unlike the training data" if value > limit else "in range"
+            columns[0].caption(f"OOD score {value:.0f} (threshold {limit:.0f}): {verdict}")
     row_images = [upscale(image, 192)]
     for col, method in zip(columns[1:], methods):
         label = CAM_METHODS[method][0]

@@ -208,6 +208,31 @@ if len(board) >= 2 and st.toggle(
 ):
     ui.chart(parallel_coordinates(board), key="lb_parallel")
 
+with st.expander("Out-of-distribution detection", icon=":material/gpp_maybe:"):
+    ood = ui.ood_comparison(ui.paths(ckpts))
+    if ood.empty:
+        st.caption(
+            "No chosen model has a benchmarked OOD score yet: `python -m bloodviz ood --dataset "
+            f"{key.rpartition('-')[0]} --models resnet18 ...`"
+        )
+    else:
+        st.caption(
+            "AUROC of each model's OOD score (Mahalanobis distance of its features), test cells "
+            "against each kind of image a model should not trust; 1 = always told apart. The "
+            "last column is the energy score's mean, the baseline."
+        )
+        st.dataframe(
+            ood,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4f")
+                for c in ood.columns
+                if c not in ("model", "threshold")
+            }
+            | {"threshold": st.column_config.NumberColumn(format="%.1f")},
+        )
+
 with st.expander("Export for slides", icon=":material/slideshow:"):
     st.caption(
         "One self-contained HTML file (opens offline), or a zip with it, the table as CSV and "

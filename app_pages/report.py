@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from bloodviz import ui
@@ -15,6 +16,7 @@ from bloodviz.metrics import (
     binary_auc,
     confusion_matrix,
     reliability_bins,
+    risk_coverage,
     screening_at_threshold,
     youden_threshold,
 )
@@ -23,6 +25,7 @@ from bloodviz.plots import (
     curves_figure,
     per_class_bars,
     reliability_diagram,
+    risk_coverage_figure,
     roc_operating_point,
     training_curves,
 )
@@ -77,12 +80,12 @@ else:
 
 two_class = len(classes) == 2
 tabs = st.tabs(
-    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training"]
+    ["Per class", "Confusion matrix", "ROC / PR / calibration", "Training", "Trust"]
     + (["Screening"] if two_class else []),
     key="report_view",
     bind="query-params",
 )
-tab_report, tab_confusion, tab_curves, tab_history = tabs[:4]
+tab_report, tab_confusion, tab_curves, tab_history, tab_trust = tabs[:5]
 with tab_report:
     report = classification_report_table(metrics)
     st.dataframe(
@@ -187,8 +190,54 @@ with tab_history:
         )
         ui.table_download(history, f"bloodviz-history-{key}-{model}.csv")
 
+with tab_trust:
+    correct = preds.predicted == preds.labels
+    curves = {"by confidence": risk_coverage(correct, preds.probs.max(1))}
+    scores, ood_card = (None, None) if is_ensemble else ui.ood_scores(str(ckpt.path), split)
+    if scores is not None:
+        by_id = scores.set_index("sample_id")
+        ood = by_id.reindex(preds.ids)["ood_score"].to_numpy()
+        if not np.isnan(ood).any():
+            curves["by OOD score (low first)"] = risk_coverage(correct, -ood)
+    ui.chart(risk_coverage_figure(curves), key="report_risk")
+    kept = curves["by confidence"][1][int(0.9 * len(correct)) - 1]
+    st.caption(
+        f"Setting aside the 10% least confident {split} cells leaves {kept:.2%} accuracy on the "
+        f"rest (all cells: {metrics['accuracy']:.2%}). `python -m bloodviz predict --abstain` "
+        "withholds the predictions the OOD score flags."
+    )
+    if ood_card is None:
+        st.info(
+            "No out-of-distribution score is fitted for this model yet: `python -m bloodviz ood "
+            f"--dataset {ckpt.dataset} --size {ckpt.size} --model {ckpt.model}`."
+        )
+    else:
+        st.markdown(
+            f"**Out-of-distribution score**: {ood_card['description']}. Threshold "
+            f"{ood_card['threshold']:.1f} ({ood_card['pass_rate_on_val']:.0%} of validation "
+            "cells pass)."
+        )
+        bench = (ood_card.get("benchmark") or {}).get("sets")
+        if bench:
+            table = pd.DataFrame(bench).T.rename_axis("set").reset_index()
+            st.dataframe(
+                table,
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    c: st.column_config.NumberColumn(format="%.4f")
+                    for c in table.columns
+                    if c.startswith(("auroc", "fpr"))
+                },
+            )
+            st.caption(
+                f"In-distribution: {ood_card['benchmark']['in_distribution']}. AUROC: how often "
+                "an outside image scores above a test cell; FPR95: outside images let through "
+                "when 95% of test cells pass. The energy score is the baseline."
+            )
+
 if two_class:
-    with tabs[4]:
+    with tabs[5]:
         c1, c2 = st.columns([1, 2])
         positive_name = c1.selectbox("Positive class", classes, key="report_positive")
         k = classes.index(positive_name)

@@ -475,3 +475,22 @@ def split_leakage(
             }
         )
     return pd.DataFrame(rows)
+
+
+def ood_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
+    """One row per checkpoint with a benchmarked OOD detector: the AUROC of its Mahalanobis
+    score (and of the energy baseline) against each set, test cells as in-distribution."""
+    from bloodviz.ood import read_card
+
+    rows = []
+    for ckpt in ckpts:
+        card = read_card(ckpt)
+        sets = (card.get("benchmark") or {}).get("sets") if card else None
+        if not sets:
+            continue
+        row = {"model": ckpt.name, "threshold": card["threshold"]}
+        for name, result in sets.items():
+            row[name] = result["auroc_mahalanobis"]
+        row["energy (mean AUROC)"] = float(np.mean([r["auroc_energy"] for r in sets.values()]))
+        rows.append(row)
+    return pd.DataFrame(rows)

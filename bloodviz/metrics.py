@@ -111,6 +111,16 @@ def youden_threshold(positive: np.ndarray, scores: np.ndarray) -> float:
     return float(min(thresholds[best], 1.0))
 
 
+def risk_coverage(correct: np.ndarray, trust: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Selective prediction: keeping the most trusted share ``coverage`` of the samples (by
+    ``trust``, higher kept first), the accuracy of what is kept. Returns (coverage, accuracy),
+    one point per sample count (ties in ``trust`` broken by order)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    order = np.argsort(-np.asarray(trust, dtype=np.float64), kind="stable")
+    kept = np.arange(1, len(correct) + 1)
+    return kept / len(correct), np.cumsum(correct[order]) / kept
+
+
 def reliability_bins(
     y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15
 ) -> dict[str, np.ndarray]:

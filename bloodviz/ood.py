@@ -172,6 +172,15 @@ class OodDetector:
         return np.asarray(scores) > self.threshold
 
 
+def read_card(ckpt) -> dict | None:
+    """The checkpoint's ``ood.json`` (threshold, method, benchmark), or None."""
+    path = ckpt.path / OOD_CARD
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def load_detector(ckpt) -> OodDetector | None:
     """The checkpoint's fitted OOD detector, or None where none was fitted (or it is damaged:
     the pages then fall back to confidence alone and say so)."""

@@ -342,6 +342,24 @@ def leakage_bars(table: pd.DataFrame) -> go.Figure:
     return _style(fig, "Patient leakage: a random split by cell against new patients")
 
 
+def risk_coverage_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Figure:
+    """Accuracy of the kept cells against the share kept, one line per trust signal."""
+    fig = go.Figure()
+    for i, (name, (coverage, accuracy)) in enumerate(curves.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=coverage,
+                y=accuracy,
+                mode="lines",
+                name=name,
+                line={"color": PALETTE[i % len(PALETTE)], "width": 2},
+            )
+        )
+    fig.update_xaxes(title="coverage (share of cells kept)", range=[0, 1])
+    fig.update_yaxes(title="accuracy of the kept cells")
+    return _style(fig, "Risk-coverage: set aside the least trusted cells")
+
+
 def reliability_diagram(bins: dict[str, np.ndarray], ece: float) -> go.Figure:
     """Accuracy per confidence bin against the diagonal, with bin counts as hover."""
     centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2

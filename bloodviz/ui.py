@@ -331,6 +331,36 @@ def _predictions(path: str, split: str, written: int):
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
+@st.cache_data(show_spinner=False, max_entries=64)
+def _ood_scores(path: str, split: str, written: int):
+    from bloodviz.ood import read_card, stored_scores
+
+    ckpt = checkpoint(path)
+    card = read_card(ckpt)
+    scores = stored_scores(ckpt, split)
+    if card is None or scores is None:
+        return None, None
+    return scores, card
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _ood_comparison(paths: tuple[str, ...], written: tuple[int, ...]):
+    from bloodviz.compare import ood_table
+
+    return ood_table([checkpoint(p) for p in paths])
+
+
+def ood_comparison(paths: tuple[str, ...]):
+    """The chosen models' OOD benchmark, side by side (:func:`bloodviz.compare.ood_table`)."""
+    return _ood_comparison(paths, tuple(version(p) for p in paths))
+
+
+def ood_scores(path: str, split: str):
+    """A checkpoint's stored OOD scores of a split and its detector's card (None, None where
+    no detector was fitted: ``python -m bloodviz ood``)."""
+    return _ood_scores(path, split, version(path))
+
+
 def cell_image(name: str, size: int, sample_id: str):
     """The sample as the model saw it (the dataset's crop and size), as a uint8 array."""
     return cells(name, size).image(sample_id)

@@ -121,3 +121,35 @@ def test_ood_command_prints_the_benchmark(tmp_path_factory):
     assert "AUROC maha" in result.stdout
     missing = run_bloodviz("ood", "--dataset", "pbc", "--model", "resnet18", env=env)
     assert missing.returncode == 2 and "error:" in missing.stderr
+
+
+def test_risk_coverage_keeps_the_most_trusted_first():
+    from bloodviz.metrics import risk_coverage
+
+    correct = np.array([1, 0, 1, 1, 0])
+    trust = np.array([0.9, 0.1, 0.8, 0.7, 0.95])
+    coverage, accuracy = risk_coverage(correct, trust)
+    assert coverage.tolist() == [0.2, 0.4, 0.6, 0.8, 1.0]
+    # kept in order 0.95 (wrong), 0.9, 0.8, 0.7, 0.1 (wrong)
+    assert accuracy.tolist() == pytest.approx([0.0, 0.5, 2 / 3, 0.75, 0.6])
+
+
+@pytest.mark.slow
+def test_pages_show_the_score_its_benchmark_and_risk_coverage(fitted, monkeypatch):
+    from helpers import app_test
+
+    from bloodviz.compare import ood_table
+
+    ckpt, _, root, _ = fitted
+    benchmark(ckpt, progress=False)
+    table = ood_table([ckpt])
+    assert list(table["model"]) == ["cnn_baseline"] and 0 <= table["blank"].iloc[0] <= 1
+    app = app_test(monkeypatch, root).run()
+    assert not app.exception
+    assert any(e.label == "Out-of-distribution detection" for e in app.expander)
+    app.switch_page("app_pages/report.py").run()
+    assert not app.exception
+    assert any("**Out-of-distribution score**" in m.value for m in app.markdown)
+    assert any("least confident" in c.value for c in app.caption)
+    app.switch_page("app_pages/gradcam.py").run()
+    assert any(c.value.startswith("OOD score") for c in app.caption)
