@@ -298,10 +298,8 @@ def roc_operating_point(
             go.Scatter(
                 x=[1 - marker["specificity"]],
                 y=[marker["sensitivity"]],
-                mode="markers+text",
+                mode="markers",
                 marker={"size": 13, "color": color, "line": {"width": 1, "color": "white"}},
-                text=[f"{label} t={marker['threshold']:.2f}"],
-                textposition="bottom right",
                 name=f"{label} threshold {marker['threshold']:.2f}: sensitivity "
                 f"{marker['sensitivity']:.3f}, specificity {marker['specificity']:.3f}",
             )

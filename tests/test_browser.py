@@ -335,3 +335,46 @@ def test_ensemble_row_and_sample_cells(page):
     expect(page.get_by_text("(true class: ").first).to_be_visible()
     _no_exception(page)
     _shot(page, "15-upload-sample-cells.png")
+
+
+def test_malaria_screening_tab_and_patient_leakage(page, server):
+    """Study 003's malaria task: the two-class screen and the random-vs-patient split."""
+    page.goto(server + "/report?dataset=malaria-64&report_model=resnet18")
+    expect(page.get_by_role("heading", name="Model report")).to_be_visible()
+    page.get_by_role("tab", name="Screening").click()
+    expect(page.get_by_text("Sensitivity", exact=True)).to_be_visible()
+    expect(page.get_by_text("chosen on validation")).to_be_visible()
+    expect(
+        page.locator("[data-testid=stPlotlyChart]").filter(has_text="operating point").first
+    ).to_be_visible()
+    _no_exception(page)
+    _shot(page, "16-malaria-screening.png")
+    page.goto(server + "/data?dataset=malaria-64")
+    expect(page.get_by_role("heading", name="Patient leakage")).to_be_visible()
+    expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
+    _no_exception(page)
+    _shot(page, "17-malaria-patient-leakage.png")
+
+
+def test_trust_tab_and_a_noise_upload_flagged(page, server):
+    page.goto(server + "/report?dataset=pbc-64&report_model=resnet18")
+    page.get_by_role("tab", name="Trust").click()
+    expect(page.get_by_text("Setting aside the 10% least confident")).to_be_visible()
+    expect(page.get_by_text("Out-of-distribution score", exact=False).first).to_be_visible()
+    _no_exception(page)
+    _shot(page, "18-trust-tab.png")
+    page.goto(server + "/upload?dataset=pbc-64")
+    expect(page.get_by_role("heading", name="Upload and classify")).to_be_visible()
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    page.locator("input[type=file]").first.set_input_files(
+        files=[{"name": "noise.png", "mimeType": "image/png", "buffer": buffer.getvalue()}]
+    )
+    expect(page.get_by_text("unlike the training data").first).to_be_visible()
+    _no_exception(page)
+    _shot(page, "19-noise-upload-flagged.png")

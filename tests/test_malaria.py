@@ -35,7 +35,7 @@ def test_screening_figures_match_scikit_learn():
     assert best["sensitivity"] + best["specificity"] - 1 == pytest.approx(max(tpr - fpr))
     fig = roc_operating_point(fpr, tpr, 0.9, best, "parasitized", reference=best)
     # the curve, the chance line, the chosen and the validation operating points
-    assert [trace.mode for trace in fig.data] == ["lines", "lines"] + ["markers+text"] * 2
+    assert [trace.mode for trace in fig.data] == ["lines", "lines", "markers", "markers"]
 
 
 @pytest.fixture(scope="module")
