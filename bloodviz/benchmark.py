@@ -44,6 +44,23 @@ def timing(fn, threads: int, min_run_time: float = 1.0, warmup: int = 3) -> dict
     }
 
 
+def speed_figures(lat: dict, thr: dict) -> dict:
+    """A result's latency (batch 1, ms) and throughput (batch 64, images/s) entries from two
+    :func:`timing` results."""
+    return {
+        "latency_b1_ms": {
+            k.removesuffix("_s") + "_ms": v * 1e3 for k, v in lat.items() if k.endswith("_s")
+        },
+        "latency_b1_runs": lat["runs"],
+        "throughput_b64_ips": {
+            "median": 64 / thr["median_s"],
+            "q1": 64 / thr["q3_s"],
+            "q3": 64 / thr["q1_s"],
+        },
+        "throughput_b64_runs": thr["runs"],
+    }
+
+
 def count_flops(model: torch.nn.Module, size: int) -> int:
     """Forward FLOPs for one image (torch.utils.flop_counter counts 2 per MAC)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -114,16 +131,7 @@ def bench_checkpoint(
         "macs": flops // 2,
         "flops_counter": "torch.utils.flop_counter (2 FLOPs per MAC)",
         "input_size": size,
-        "latency_b1_ms": {
-            k.removesuffix("_s") + "_ms": v * 1e3 for k, v in lat.items() if k.endswith("_s")
-        },
-        "latency_b1_runs": lat["runs"],
-        "throughput_b64_ips": {
-            "median": 64 / thr["median_s"],
-            "q1": 64 / thr["q3_s"],
-            "q3": 64 / thr["q1_s"],
-        },
-        "throughput_b64_runs": thr["runs"],
+        **speed_figures(lat, thr),
         "train": {
             "images_per_s": ckpt.run.train_images_per_s,
             "device": ckpt.run.device,
@@ -201,7 +209,6 @@ def bench_imported_onnx(
     thr = timing(lambda: session.run(None, {name: batch}), threads, min_run_time)
     graph = onnx.load(str(path), load_external_data=False).graph
     params = int(sum(np.prod(t.dims) for t in graph.initializer))
-    latency = {k.removesuffix("_s") + "_ms": v * 1e3 for k, v in lat.items() if k.endswith("_s")}
     return {
         "model": ckpt.model,
         "dataset": ckpt.dataset_key,
@@ -218,14 +225,7 @@ def bench_imported_onnx(
         "weights_measured": "the imported ONNX file",
         "flops": None,
         "input_size": size,
-        "latency_b1_ms": latency,
-        "latency_b1_runs": lat["runs"],
-        "throughput_b64_ips": {
-            "median": 64 / thr["median_s"],
-            "q1": 64 / thr["q3_s"],
-            "q3": 64 / thr["q1_s"],
-        },
-        "throughput_b64_runs": thr["runs"],
+        **speed_figures(lat, thr),
         "train": {},
         "reported": None,
         "use_onnx": True,

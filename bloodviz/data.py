@@ -289,27 +289,11 @@ class PBCDataset(BloodDataset):
         return self._index_manifest() if self.has_manifest else self._index_plain()
 
     def _index_manifest(self):
-        manifest = self.folder / "manifest.csv"
         entries: dict[str, list] = {s: [] for s in self.splits}
-        with open(manifest, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing_cols = {"path", "label", "split"} - set(reader.fieldnames or [])
-            if missing_cols:
-                raise DataError(
-                    f"{manifest} lacks column(s) {sorted(missing_cols)}; expected path,label,split"
-                )
-            for line, row in enumerate(reader, start=2):
-                label, split = row["label"], row["split"]
-                if label not in PBC_CLASSES or split not in entries:
-                    raise DataError(
-                        f"{manifest}:{line}: label {label!r} or split {split!r} is not one of "
-                        f"{PBC_CLASSES} / {self.splits}"
-                    )
-                entries[split].append(
-                    (row["path"], PBC_CLASSES.index(label), self.folder / row["path"])
-                )
-        if not any(entries.values()):
-            raise DataError(f"{manifest} lists no images")
+        for row in read_manifest(self.folder / "manifest.csv", PBC_CLASSES, self.splits):
+            entries[row["split"]].append(
+                (row["path"], PBC_CLASSES.index(row["label"]), self.folder / row["path"])
+            )
         return entries
 
     def _index_plain(self):
@@ -337,6 +321,28 @@ class PBCDataset(BloodDataset):
             for split, idx in zip(self.splits, parts):
                 entries[split].extend(unlisted[i] for i in idx)
         return entries
+
+
+def read_manifest(manifest: Path, classes: tuple[str, ...], splits: tuple[str, ...]) -> list[dict]:
+    """The rows of a ``manifest.csv`` (path,label,split[,...]), each label and split checked."""
+    with open(manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing_cols = {"path", "label", "split"} - set(reader.fieldnames or [])
+        if missing_cols:
+            raise DataError(
+                f"{manifest} lacks column(s) {sorted(missing_cols)}; expected path,label,split"
+            )
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if row["label"] not in classes or row["split"] not in splits:
+                raise DataError(
+                    f"{manifest}:{line}: label {row['label']!r} or split {row['split']!r} is "
+                    f"not one of {classes} / {splits}"
+                )
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{manifest} lists no images")
+    return rows
 
 
 def read_pbc_split_list() -> dict[str, str]:
@@ -501,36 +507,16 @@ class MalariaDataset(BloodDataset):
         return self._assign_splits(items)
 
     def _index_manifest(self) -> list[tuple[str, int, Path, str, str | None]]:
-        manifest = self.folder / "manifest.csv"
-        items = []
-        with open(manifest, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing_cols = {"path", "label", "split"} - set(reader.fieldnames or [])
-            if missing_cols:
-                raise DataError(
-                    f"{manifest} lacks column(s) {sorted(missing_cols)}; expected "
-                    "path,label,split[,patient]"
-                )
-            for line, row in enumerate(reader, start=2):
-                label, split = row["label"], row["split"]
-                if label not in MALARIA_CLASSES or split not in self.splits:
-                    raise DataError(
-                        f"{manifest}:{line}: label {label!r} or split {split!r} is not one of "
-                        f"{MALARIA_CLASSES} / {self.splits}"
-                    )
-                patient = row.get("patient") or malaria_patient(row["path"])
-                items.append(
-                    (
-                        row["path"],
-                        MALARIA_CLASSES.index(label),
-                        self.folder / row["path"],
-                        patient,
-                        split,
-                    )
-                )
-        if not items:
-            raise DataError(f"{manifest} lists no images")
-        return items
+        return [
+            (
+                row["path"],
+                MALARIA_CLASSES.index(row["label"]),
+                self.folder / row["path"],
+                row.get("patient") or malaria_patient(row["path"]),
+                row["split"],
+            )
+            for row in read_manifest(self.folder / "manifest.csv", MALARIA_CLASSES, self.splits)
+        ]
 
     def _index_nih(self) -> list[tuple[str, int, Path, str, str | None]]:
         items = []
