@@ -65,17 +65,31 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def zoo_names(root: Path | None = None) -> set[str]:
+    """Names an import may not take: the studies' models, every model trained in the store,
+    and (where torch is loaded already) the whole registry. Torch-free, so the app's import
+    form does not load 600 MB to check a name."""
+    from bloodviz.checkpoints import list_checkpoints
+    from bloodviz.literature import STUDIES
+
+    names = {m for study in STUDIES.values() for m in study.models}
+    names |= {c.model for c in list_checkpoints(root) if not c.run.imported}
+    if "torch" in sys.modules:
+        from bloodviz.models import list_models
+
+        names |= set(list_models())
+    return names
+
+
 def check_name(name: str, dataset_key: str, root: Path | None, overwrite: bool) -> Path:
     """The checkpoint folder for an imported model ``name``: a new one, or an existing one only
     with ``overwrite``. Registered zoo names are refused, so a zoo model is never replaced."""
-    from bloodviz.models import list_models
-
     if not NAME_PATTERN.match(name):
         raise ImportRefused(
             f"name {name!r}: use 1-48 lower-case letters, digits, '_', '-' or '.', starting "
             "with a letter or digit"
         )
-    if name in list_models():
+    if name in zoo_names(root):
         raise ImportRefused(f"{name!r} is a model of the zoo; choose another name")
     out = checkpoint_dir(dataset_key, name, root)
     if out.exists() and not overwrite:

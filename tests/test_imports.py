@@ -224,3 +224,20 @@ def test_checkpoints_page_imports_an_uploaded_csv(tmp_path, monkeypatch, elsewhe
     uploader.set_value([("preds.csv", csv.read_bytes(), "text/csv")])
     app.button[0].click().run()
     assert any("exists already" in e.value for e in app.error)
+
+
+def test_importing_predictions_never_loads_torch(tmp_path, elsewhere):
+    """The app's import form runs in the app's process, which keeps torch out (600 MB)."""
+    import subprocess
+    import sys
+
+    _, csv = elsewhere
+    code = (
+        "import sys; from bloodviz.imports import import_predictions; "
+        f"import_predictions({str(csv)!r}, dataset='pbc', name='light', "
+        f"checkpoints=__import__('pathlib').Path({str(tmp_path)!r})); "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
