@@ -70,8 +70,9 @@ def test_report_page_tables_charts_and_confusion_cell(monkeypatch, store):
     report = app.dataframe[0].value
     assert list(report["class"][-2:]) == ["macro avg", "weighted avg"]
     assert len(report) == 8 + 2
-    # every tab is rendered: bars, heatmap, ROC, PR, reliability, training history
-    assert len(app.get("plotly_chart")) == 6
+    # every tab is rendered: bars, heatmap, ROC, PR, reliability, training history, and the
+    # Trust tab's risk-coverage
+    assert len(app.get("plotly_chart")) == 7
     _box(app, "True class").set_value("basophil").run()
     _box(app, "Predicted class").set_value("basophil").run()
     assert not app.exception
