@@ -278,7 +278,12 @@ def stored_scores(ckpt, split: str):
 
 
 # -- the benchmark ----------------------------------------------------------------------------
-OTHER_DATASETS = {"pbc": "blood-cells", "blood-cells": "pbc", "malaria": "pbc"}
+OTHER_DATASETS = {
+    "pbc": "blood-cells",
+    "blood-cells": "pbc",
+    "malaria": "pbc",
+    "malaria-cells": "pbc",
+}
 BENCH_SIZE = 300  # images a synthetic set
 
 
@@ -298,7 +303,7 @@ def ood_sets(ckpt, test_images: np.ndarray, data_root=None, seed: int = 0) -> di
     rng = np.random.default_rng(seed)
     prep, size = ckpt.preprocessing, ckpt.size
     sets: dict[str, np.ndarray] = {}
-    other = OTHER_DATASETS.get(ckpt.dataset.split("-cells")[0])
+    other = OTHER_DATASETS.get(ckpt.dataset)
     if other:
         try:
             cells = get_dataset(other, size, data_root).load_split("test", progress=False)

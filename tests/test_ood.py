@@ -37,6 +37,11 @@ def test_mahalanobis_scores_far_points_higher_and_survives_a_round_trip(tmp_path
     save_file(fitted.to_tensors(), str(tmp_path / "ood.safetensors"))
     loaded = Mahalanobis.from_tensors(load_file(str(tmp_path / "ood.safetensors")))
     assert np.allclose(loaded.score(far), fitted.score(far), rtol=1e-12)
+    # every dataset has another one to be told apart from
+    from bloodviz.data import DATASETS
+    from bloodviz.ood import OTHER_DATASETS
+
+    assert set(DATASETS) - {"bloodmnist"} <= set(OTHER_DATASETS)
     # energy: confident logits score lower (more in-distribution) than flat ones
     assert energy_score(np.array([[10.0, 0, 0]]))[0] < energy_score(np.array([[0.0, 0, 0]]))[0]
 
