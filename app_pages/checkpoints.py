@@ -49,7 +49,11 @@ st.caption(
     "classes, finite probabilities summing to 1. The same from a terminal: `python -m bloodviz "
     "import-predictions preds.csv --dataset pbc --name mine`."
 )
-DATASET_CHOICES = ["pbc-64", "blood-cells-64", "malaria-64", "pbc-28", "blood-cells-120"]
+# the store's dataset keys, and the default key of every dataset even before a checkpoint
+DATASET_CHOICES = sorted(
+    set(table["dataset"] if not table.empty else []) | {"pbc-64", "blood-cells-64", "malaria-64"},
+    key=lambda k: (k != "pbc-64", k),
+)
 with st.form("import_predictions", clear_on_submit=False):
     c1, c2 = st.columns(2)
     target = c1.selectbox("Dataset", DATASET_CHOICES, key="import_dataset")
