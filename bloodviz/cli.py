@@ -547,14 +547,13 @@ def _predict(args) -> int:
             top = probs.argsort()[::-1][:3]
             ranked = ", ".join(f"{classes[i]} {probs[i]:.1%}" for i in top)
             backend = f" [{runners[model].backend}]" if model in runners else ""
+            flagged = r.flagged(model)
             ood = ""
             if model in r.ood:
                 score, threshold = r.ood[model]
-                ood = (
-                    f" | OOD score {score:.0f} ({'FLAGGED, over' if score > threshold else 'under'}"
-                )
+                ood = f" | OOD score {score:.0f} ({'FLAGGED, over' if flagged else 'under'}"
                 ood += f" {threshold:.0f})"
-            withheld = args.abstain and model in r.ood and r.ood[model][0] > r.ood[model][1]
+            withheld = args.abstain and bool(flagged)
             print(f"  {model:14s}{backend}: {'abstained; ' if withheld else ''}{ranked}{ood}")
             for note in r.warnings.get(model, []):
                 print(f"    warning: {note}")

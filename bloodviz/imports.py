@@ -17,7 +17,6 @@ Neither imports torch, so the app's upload form can call them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -58,11 +57,9 @@ class ImportRefused(ValueError):
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    from bloodviz.download import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def zoo_names(root: Path | None = None) -> set[str]:
@@ -288,7 +285,7 @@ def import_predictions(
     size = size or DEFAULT_SIZES.get(dataset, 64)
     csv_file = Path(csv_file)
     source = source_name or csv_file.name
-    out = check_name(name, f"{dataset}-{size}", checkpoints, overwrite)
+    check_name(name, f"{dataset}-{size}", checkpoints, overwrite)  # refuse before any work
     references, class_names = reference_splits(dataset, size, data_root)
     try:
         table = pd.read_csv(csv_file, dtype={"sample_id": str, "label": str})
@@ -313,9 +310,27 @@ def import_predictions(
         class_names=tuple(class_names),
         description="unknown: predictions were made elsewhere",
     )
-    return write_checkpoint(
-        out, run=card, preprocessing=prep, predictions=predictions, metrics=summarise(predictions)
+    return _write_locked(
+        name,
+        dataset,
+        size,
+        checkpoints,
+        overwrite,
+        run=card,
+        preprocessing=prep,
+        predictions=predictions,
     )
+
+
+def _write_locked(name, dataset, size, checkpoints, overwrite, *, predictions, **parts) -> Path:
+    """Write an imported checkpoint, one at a time in this process (the app's sessions are
+    threads, and the checkpoint writer's temporary folder is named by process id); the name is
+    checked again inside the lock, since another session may have taken it meanwhile."""
+    with _WRITE_LOCK:
+        out = check_name(name, f"{dataset}-{size}", checkpoints, overwrite)
+        return write_checkpoint(
+            out, predictions=predictions, metrics=summarise(predictions), **parts
+        )
 
 
 # -- ONNX -------------------------------------------------------------------------------------
@@ -419,7 +434,7 @@ def import_onnx(
     if not onnx_file.is_file():
         raise ImportRefused(f"{onnx_file} is not a file")
     size = size or DEFAULT_SIZES.get(dataset, 64)
-    out = check_name(name, f"{dataset}-{size}", checkpoints, overwrite)
+    check_name(name, f"{dataset}-{size}", checkpoints, overwrite)  # refuse before any work
     data = get_dataset(dataset, size, data_root)  # metrics need the raw images, not the bank
     classes = tuple(data.class_names)
     session = _session(onnx_file)
@@ -492,16 +507,17 @@ def import_onnx(
         if not kept:
             shutil.copyfile(onnx_file, folder / ONNX_FILE)
 
-    with _WRITE_LOCK:
-        check_name(name, f"{dataset}-{size}", checkpoints, overwrite)
-        return write_checkpoint(
-            out,
-            run=card,
-            preprocessing=prep,
-            predictions=predictions,
-            metrics=summarise(predictions),
-            extra_files=keep_file,
-        )
+    return _write_locked(
+        name,
+        dataset,
+        size,
+        checkpoints,
+        overwrite,
+        run=card,
+        preprocessing=prep,
+        predictions=predictions,
+        extra_files=keep_file,
+    )
 
 
 def imported_onnx_file(ckpt) -> Path | None:
@@ -509,18 +525,6 @@ def imported_onnx_file(ckpt) -> Path | None:
     imported = ckpt.run.imported
     if imported.get("kind") != "onnx":
         return None
-    for candidate in (ckpt.path / ONNX_FILE, Path(imported.get("kept_at") or "/nonexistent")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def describe(ckpt) -> str:
-    """One line on where an imported checkpoint came from ('' for the zoo's own)."""
-    imported = ckpt.run.imported
-    if not imported:
-        return ""
-    kind = {"onnx": "an imported ONNX model", "predictions": "imported predictions"}.get(
-        imported.get("kind"), "imported"
-    )
-    return f"{kind} from {imported.get('file')} (sha256 {str(imported.get('sha256'))[:12]})"
+    kept = imported.get("kept_at")  # set where the file was over the per-file limit
+    candidates = [ckpt.path / ONNX_FILE] + ([Path(kept)] if kept else [])
+    return next((path for path in candidates if path.is_file()), None)

@@ -213,15 +213,18 @@ def fit_detector(ckpt, data_root=None, progress: bool = True, command: str = "")
     model = ckpt.load_model()
     data = get_dataset(ckpt.dataset, ckpt.size, data_root)
     tick = time.perf_counter()
+    layer = feature_layer(model, ckpt.size, ckpt.preprocessing.num_classes)
     train = data.load_split("train", progress=progress)
-    _, train_feats = logits_and_features(model, ckpt.preprocessing, train.images, progress=progress)
+    _, train_feats = logits_and_features(
+        model, ckpt.preprocessing, train.images, progress=progress, layer=layer
+    )
     detector = Mahalanobis.fit(train_feats, train.labels)
     # what is scored below is what the stored file gives back
     detector = Mahalanobis.from_tensors(detector.to_tensors())
     scores = {}
     for split in ["val", *ckpt.evaluation_splits]:
         arrays = data.load_split(split, progress=progress)
-        logits, feats = logits_and_features(model, ckpt.preprocessing, arrays.images)
+        logits, feats = logits_and_features(model, ckpt.preprocessing, arrays.images, layer=layer)
         scores[split] = (arrays.ids, detector.score(feats), energy_score(logits))
     threshold = float(np.quantile(scores["val"][1], PASS_RATE))
     card = {
@@ -230,7 +233,7 @@ def fit_detector(ckpt, data_root=None, progress: bool = True, command: str = "")
         f"Ledoit-Wolf shrinkage) of the penultimate features, on their first "
         f"{detector.components.shape[1]} principal components; fitted on the "
         f"{len(train.ids)} training cells",
-        "feature_layer": feature_layer(model, ckpt.size, ckpt.preprocessing.num_classes),
+        "feature_layer": layer,
         "feature_dim": int(train_feats.shape[1]),
         "components": int(detector.components.shape[1]),
         "threshold": threshold,
@@ -360,13 +363,26 @@ def benchmark(ckpt, data_root=None, progress: bool = True, command: str = "") ->
 
     detector = load_detector(ckpt) or fit_detector(ckpt, data_root, progress, command)
     data = get_dataset(ckpt.dataset, ckpt.size, data_root)
-    test = data.load_split(ckpt.default_split or "test", progress=progress)
+    split = ckpt.default_split or "test"
+    test = data.load_split(split, progress=progress)
     model = ckpt.load_model()
-    logits, feats = logits_and_features(model, ckpt.preprocessing, test.images)
-    inside = {"mahalanobis": detector.score(feats), "energy": energy_score(logits)}
+    layer = detector.card.get("feature_layer") or feature_layer(
+        model, ckpt.size, ckpt.preprocessing.num_classes
+    )
+    stored = stored_scores(ckpt, split)
+    if stored is not None and set(test.ids) <= set(stored["sample_id"]):
+        # the fit scored these very cells: read them back instead of a second pass
+        stored = stored.set_index("sample_id").loc[test.ids]
+        inside = {
+            "mahalanobis": stored["ood_score"].to_numpy(),
+            "energy": stored["energy"].to_numpy(),
+        }
+    else:
+        logits, feats = logits_and_features(model, ckpt.preprocessing, test.images, layer=layer)
+        inside = {"mahalanobis": detector.score(feats), "energy": energy_score(logits)}
     rows = {}
     for name, images in ood_sets(ckpt, test.images, data_root).items():
-        logits, feats = logits_and_features(model, ckpt.preprocessing, images)
+        logits, feats = logits_and_features(model, ckpt.preprocessing, images, layer=layer)
         outside = {"mahalanobis": detector.score(feats), "energy": energy_score(logits)}
         rows[name] = {
             "n": int(len(images)),

@@ -227,6 +227,16 @@ class ImageResult:
     ensemble: np.ndarray | None = None
     cell: np.ndarray | None = None  # the prepared cell the first model saw
 
+    def flagged(self, model: str) -> bool | None:
+        """Whether ``model``'s OOD score is over its threshold (None where no detector is
+        fitted); the ensemble is flagged when any member is."""
+        if model in self.ood:
+            score, threshold = self.ood[model]
+            return score > threshold
+        if model == "ensemble" and self.ood:
+            return any(score > threshold for score, threshold in self.ood.values())
+        return None
+
 
 def classify(
     files: list[tuple[str, bytes | InputError]],
@@ -308,14 +318,10 @@ def result_rows(
             models["ensemble"] = r.ensemble
         for model, probs in models.items():
             top = int(np.argmax(probs))
-            if model in r.ood:
-                score, threshold = r.ood[model]
-                ood_score, flagged = round(score, 3), score > threshold
-            elif model == "ensemble" and r.ood:
-                ood_score, flagged = "", any(s > t for s, t in r.ood.values())
-            else:
-                ood_score, flagged = "", ""
+            flagged = r.flagged(model)
+            ood_score = round(r.ood[model][0], 3) if model in r.ood else ""
             withheld = abstain and flagged is True
+            flagged = "" if flagged is None else flagged
             row = {
                 "path": r.name,
                 "model": model,

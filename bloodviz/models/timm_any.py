@@ -24,16 +24,12 @@ import timm
 import torch
 from torch import nn
 
-from bloodviz.models.pretrained import timm_model
+from bloodviz.models.pretrained import PretrainedUnavailable, timm_model
 from bloodviz.models.registry import ModelInfo
 
-PREFIX = "timm:"
+PREFIX = "timm:"  # registry.model_info hands names with it here
 _INFOS: dict[tuple[str, int], ModelInfo] = {}
 _LOCK = threading.Lock()
-
-
-def is_timm_name(name: str) -> bool:
-    return name.startswith(PREFIX)
 
 
 def build_timm(
@@ -43,9 +39,9 @@ def build_timm(
         model, _ = _create(arch, num_classes, in_size, pretrained)
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, 3, in_size, in_size))
+    except PretrainedUnavailable:
+        raise  # its own message says how to get the weights
     except Exception as exc:  # timm raises assertion, value and shape errors alike
-        if exc.__class__.__name__ == "PretrainedUnavailable":
-            raise
         raise ValueError(
             f"timm's {arch} cannot take {in_size} px cells ({type(exc).__name__}: "
             f"{str(exc)[:200]}); try another --size or another architecture"
