@@ -2,11 +2,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from bloodviz import ui
+from bloodviz import twins, ui
 from bloodviz.checkpoints import list_checkpoints
-from bloodviz.compare import split_leakage
+from bloodviz.compare import split_leakage, twin_effect
 from bloodviz.paths import DataNotFoundError
-from bloodviz.plots import class_balance, leakage_bars
+from bloodviz.plots import class_balance, leakage_bars, twin_bars
 
 
 @st.cache_data(show_spinner=False)
@@ -44,6 +44,95 @@ def show_leakage() -> None:
     )
 
 
+@st.cache_data(show_spinner=False)
+def twin_accuracy(fingerprint: tuple) -> pd.DataFrame:
+    return twin_effect(
+        list_checkpoints(fingerprint[0], "blood-cells-64")
+        + list_checkpoints(fingerprint[0], "blood-cells-120")
+    )
+
+
+def show_twins(data, size: int) -> None:
+    st.subheader("Kaggle twins: TRAIN and TEST cut from the same field")
+    try:
+        matches = twins.read_sources()
+    except DataNotFoundError as exc:
+        st.info(str(exc))
+        return
+    st.caption(
+        "Kaggle's TRAIN and TEST are augmented copies (rotated, flipped, sheared, zoomed, "
+        "recoloured) of the 366 BCCD smear fields, halved to 320x240. Every image was matched "
+        "to its source field by SIFT keypoints and an affine transform fitted with RANSAC "
+        "(mirror included), and fields that photograph the same spot twice were joined into "
+        "one source. The field's own label, never used in matching, agrees with the image's "
+        "class (last column). A TEST image has a twin when an image of its source is in "
+        "TRAIN; `test_dedup` keeps the TEST images without one (unmatched ones are left out)."
+    )
+    table = pd.DataFrame(twins.leakage_table(matches))
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "twin_share": st.column_config.NumberColumn(format="percent"),
+            "label_agreement": st.column_config.NumberColumn(format="percent"),
+        },
+    )
+    test_rows = table[(table["split"] == "test") & (table["class"] == "all")].iloc[0]
+    st.markdown(
+        f"**{test_rows['with_train_twin']} of {test_rows['matched']}** matched TEST images "
+        f"have a twin in TRAIN: the split itself is by source. What inflates TEST is inside "
+        f"it: its images are copies of only **{test_rows['source_fields']}** source cells, so "
+        "an interval that resamples images is far too narrow. The bars' `test_dedup` "
+        "intervals resample source cells instead. Validation, carved from TRAIN at random, "
+        "shares its source cells with training."
+    )
+    effect = twin_accuracy(ui.store_fingerprint())
+    if not effect.empty:
+        ui.chart(twin_bars(effect), key="data_twin_bars")
+        shown = effect.drop(columns=["test_ci", "dedup_ci", "simple_ci"]).assign(
+            dedup_ci_by_source=[f"{lo:.3f}-{hi:.3f}" for lo, hi in effect["dedup_ci_by_source"]]
+        )
+        st.dataframe(
+            shown,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4f")
+                for c in ("test (all)", "test_dedup (no TRAIN twin)", "test_simple", "gap")
+            },
+        )
+    leaked = sorted(
+        m.image for m in matches if m.split == "test" and twins.twins_of(matches, m.image)
+    )
+    if not leaked:
+        return
+    image = st.selectbox("A TEST image with twins in TRAIN", leaked, key="data_twin_image")
+    pairs = twins.twins_of(matches, image)
+    source = next(m for m in matches if m.image == image)
+    st.markdown(
+        f"Field **{source.field}** ({source.field_label or 'no label'}), {source.inliers} "
+        f"keypoints agree; **{len(pairs)}** TRAIN images come from the same field."
+    )
+    columns = st.columns(7)
+    columns[0].image(ui.cell_image("blood-cells", size, image), caption="TEST", width="stretch")
+    if data.from_bank:
+        columns[1].info("The TRAIN twins need the raw Kaggle images on this machine.")
+        return
+    for col, twin in zip(columns[1:], pairs[:6]):
+        col.image(ui.cell_image("blood-cells", size, twin.image), caption="TRAIN", width="stretch")
+    try:
+        root = twins.find_bccd_fields(data._raw.folder.parent.parent)
+        st.image(
+            twins.field_with_footprints(root, source.field, [source, *pairs]),
+            caption=f"BCCD field {source.field}: the TEST image's footprint (red) and its "
+            "TRAIN twins' (blue)",
+            width=640,
+        )
+    except DataNotFoundError as exc:
+        st.caption(str(exc))
+
+
 st.title("Data")
 key, ckpts = ui.current_selection()
 if key is None:
@@ -63,6 +152,8 @@ counts = data.class_counts()
 st.caption(data.description)
 if data.from_bank:
     st.info(data.note)
+if name == "blood-cells":
+    show_twins(data, int(size))
 ui.chart(class_balance(counts), key="data_balance")
 table = pd.DataFrame(counts).fillna(0).astype(int)
 table.loc["total"] = table.sum()

@@ -125,6 +125,12 @@ class CellBank:
             self.index["splits"][split] = lender.index["splits"][split]
             for sample_id, _, member in lender.index["splits"][split]:
                 self._members[sample_id] = (lender, member)
+        from bloodviz.data import derived_splits
+
+        for split, (parent, ids) in derived_splits(self.index["dataset"]).items():
+            if parent in self.index["splits"] and split not in self.index["splits"]:
+                rows = self.index["splits"][parent]
+                self.index["splits"][split] = [row for row in rows if row[0] in ids]
         # test first, as every page offers it first
         self.index["splits"] = dict(
             sorted(self.index["splits"].items(), key=lambda item: item[0] != "test")

@@ -394,7 +394,10 @@ def write_checkpoint(
     they move to ``local_weights`` (under ``runs/``) and the run card records why, making a
     predictions-only checkpoint. Without ``weights`` the run card must already say why.
     ``extra_files`` writes anything else into the folder (an imported model's ONNX file).
+    Derived splits (blood-cells' ``test_dedup``) are added here from their parent's rows, so
+    every trainer and importer gets them.
     """
+    predictions, metrics = add_derived_splits(run.dataset, predictions, metrics, seed=run.seed)
 
     def fill(folder: Path) -> None:
         card = run
@@ -424,6 +427,60 @@ def write_checkpoint(
         write_json(folder / "run.json", card.to_dict())
 
     return write_atomic(out_dir, fill)
+
+
+def add_derived_splits(
+    dataset: str, predictions: dict[str, Predictions], metrics: dict, *, seed: int = 0
+) -> tuple[dict[str, Predictions], dict]:
+    """``predictions`` and ``metrics`` with every derived split of ``dataset`` added (rows of
+    the parent split; metrics computed like every other split's)."""
+    from bloodviz.data import with_derived_splits
+    from bloodviz.metrics import classification_summary
+
+    predictions = with_derived_splits(dataset, predictions)
+    added = {
+        split: classification_summary(p.labels, p.probs, p.class_names, seed=seed)
+        for split, p in predictions.items()
+        if split not in metrics
+    }
+    return predictions, {**metrics, **added}
+
+
+def derive_split_files(ckpt: Checkpoint) -> list[str]:
+    """(Re)write the derived splits' predictions, OOD scores and metrics of an existing
+    checkpoint folder, one written before the split existed or before its ids changed.
+    Returns the derived splits written."""
+    from bloodviz.data import derived_splits
+
+    parents = derived_splits(ckpt.dataset)
+    have = {s: ckpt.predictions(s) for s in ckpt.splits if s not in parents}
+    kept_metrics = {s: m for s, m in ckpt.metrics().items() if s not in parents}
+    predictions, metrics = add_derived_splits(ckpt.dataset, have, kept_metrics, seed=ckpt.run.seed)
+    added = [s for s in predictions if s not in have]
+    if not added:
+        return []
+    for split in added:
+        _replace_file(
+            ckpt.path / f"predictions-{split}.csv",
+            lambda tmp, s=split: save_predictions(tmp, predictions[s]),
+        )
+        parent, ids = parents[split]
+        parent_scores = ckpt.path / f"ood-scores-{parent}.csv"
+        if parent_scores.exists():
+            frame = pd.read_csv(parent_scores, dtype={"sample_id": str})
+            kept = frame[frame["sample_id"].isin(ids)]
+            _replace_file(
+                ckpt.path / f"ood-scores-{split}.csv",
+                lambda tmp, f=kept: f.to_csv(tmp, index=False),
+            )
+    _replace_file(ckpt.path / "metrics.json", lambda tmp: write_json(tmp, metrics))
+    return added
+
+
+def _replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -> list[Checkpoint]:

@@ -250,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="join an existing Ray cluster (e.g. ray://head:10001 or auto) instead",
     )
 
+    p = sub.add_parser(
+        "twins", help="find the BCCD source field of every Kaggle blood-cells image (leakage)"
+    )
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", type=Path, default=None, help="sources CSV (default: the shipped one)")
+    p.add_argument("--limit", type=int, default=None, help="first N images only (a quick try)")
+    p.add_argument("--sheet", type=Path, default=None, help="also draw N matches to this PNG")
+    p.add_argument("--sheet-count", type=int, default=12)
+    p.add_argument("--reuse", action="store_true", help="read the sources file, do not match")
+    p.add_argument(
+        "--derive",
+        action="store_true",
+        help="(re)write test_dedup predictions and metrics into every blood-cells checkpoint",
+    )
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
     p.add_argument("--json", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
@@ -311,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, what in outcome.items():
                 print(f"{name:16s} {what}")
             return 1 if any(w.startswith("failed") for w in outcome.values()) else 0
+        if args.command == "twins":
+            return _twins(args)
         if args.command == "zoo":
             from bloodviz.zoo import format_zoo, zoo_rows
 
@@ -329,6 +347,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 1
+
+
+def _twins(args) -> int:
+    from bloodviz import twins
+    from bloodviz.paths import resolve_data_root
+
+    out = args.out or twins.SOURCES_PATH
+    if args.reuse:
+        matches = twins.read_sources(out)
+    else:
+        root = resolve_data_root(args.data_root)
+        matches = twins.match_sources(
+            root / "blood-cells" if (root / "blood-cells").is_dir() else root, limit=args.limit
+        )
+        twins.write_sources(matches, out)
+        print(f"wrote {out}")
+    print(twins.format_leakage(twins.leakage_table(matches)))
+    print(f"test_dedup: {len(twins.dedup_ids(matches))} TEST images whose field has no TRAIN image")
+    if args.derive:
+        from bloodviz.checkpoints import derive_split_files, list_checkpoints
+
+        twins.read_sources.cache_clear()
+        for ckpt in list_checkpoints(args.checkpoints):
+            if ckpt.dataset == "blood-cells":
+                added = derive_split_files(ckpt)
+                test = ckpt.metrics().get("test", {}).get("accuracy", float("nan"))
+                dedup = ckpt.metrics().get("test_dedup", {}).get("accuracy", float("nan"))
+                print(
+                    f"{ckpt.dataset_key:16s} {ckpt.name:22s} {','.join(added) or '-':10s} "
+                    f"test {test:.4f}  test_dedup {dedup:.4f}"
+                )
+    if args.sheet:
+        root = resolve_data_root(args.data_root)
+        folder = root / "blood-cells" if (root / "blood-cells").is_dir() else root
+        print(f"sheet: {twins.contact_sheet(matches, folder, args.sheet, count=args.sheet_count)}")
+    return 0
 
 
 def _ood(args, command_line: str) -> int:

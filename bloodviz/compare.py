@@ -477,6 +477,46 @@ def split_leakage(
     return pd.DataFrame(rows)
 
 
+def twin_effect(ckpts: list[Checkpoint], sources: dict[str, int] | None = None) -> pd.DataFrame:
+    """One row per blood-cells checkpoint: accuracy on Kaggle's TEST, on ``test_dedup`` (its
+    images whose source field has no TRAIN image) and on TEST_SIMPLE, with 95% intervals.
+    ``gap`` is what the twins add: TEST minus ``test_dedup``. With ``sources`` (image ->
+    source region), ``dedup_ci_by_source`` resamples source cells instead of images."""
+    from bloodviz.metrics import grouped_accuracy_ci
+
+    rows = []
+    for ckpt in ckpts:
+        metrics = ckpt.metrics()
+        test, dedup = metrics.get("test"), metrics.get("test_dedup")
+        if ckpt.dataset != "blood-cells" or not (test and dedup):
+            continue
+        simple = metrics.get("test_simple") or {}
+        rows.append(
+            {
+                "model": ckpt.name,
+                "size": ckpt.size,
+                "test (all)": test["accuracy"],
+                "test_dedup (no TRAIN twin)": dedup["accuracy"],
+                "test_simple": simple.get("accuracy", float("nan")),
+                "gap": test["accuracy"] - dedup["accuracy"],
+                "test_ci": test["accuracy_ci95"],
+                "dedup_ci": dedup["accuracy_ci95"],
+                "simple_ci": simple.get("accuracy_ci95"),
+                "n_test": test["n"],
+                "n_dedup": dedup["n"],
+            }
+        )
+        if sources:
+            preds = ckpt.predictions("test_dedup")
+            groups = np.asarray([sources.get(i, -1) for i in preds.ids])
+            rows[-1]["n_sources"] = len(set(groups.tolist()))
+            rows[-1]["dedup_ci_by_source"] = grouped_accuracy_ci(
+                preds.predicted == preds.labels, groups, seed=ckpt.run.seed
+            )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("test (all)", ascending=False, ignore_index=True) if rows else frame
+
+
 def ood_table(ckpts: list[Checkpoint]) -> pd.DataFrame:
     """One row per checkpoint with a benchmarked OOD detector: the AUROC of its Mahalanobis
     score (and of the energy baseline) against each set, test cells as in-distribution."""

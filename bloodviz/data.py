@@ -357,14 +357,17 @@ class BloodCellsDataset(BloodDataset):
 
     name = "blood-cells"
     class_names = BLOOD_CELLS_CLASSES
-    splits = ("train", "val", "test", "test_simple")
+    splits = ("train", "val", "test", "test_simple", "test_dedup")
+    # test_dedup is derived from test's predictions (see derived_splits), not predicted again
     eval_splits = ("test", "test_simple")
     description = (
         "Kaggle Blood Cell Images (Paul Mooney, BCCD-derived, MIT licence): 4 white-cell classes. "
-        "TRAIN (9,957) and TEST (2,487) are augmented crops of only a few hundred source cells, "
-        "so near-duplicates cross the split: validation (carved from TRAIN with a fixed seed) "
-        "and TEST accuracy are optimistic. TEST_SIMPLE (71 un-augmented, imbalanced images) is "
-        "the honest check."
+        "TRAIN (9,957) and TEST (2,487) are augmented copies of BCCD smear fields. TEST's "
+        "come from a few dozen source cells (the Data page counts them), so intervals over its "
+        "images are optimistic, and validation (carved from TRAIN with a fixed seed) shares "
+        "source cells with training; TEST_SIMPLE holds un-augmented copies of TEST's sources. "
+        "TEST_DEDUP keeps the TEST images whose source has no image in TRAIN (found by keypoint "
+        "matching to the BCCD fields: `python -m bloodviz twins`)."
     )
     folder_names = {"train": "TRAIN", "test": "TEST", "test_simple": "TEST_SIMPLE"}
 
@@ -396,12 +399,60 @@ class BloodCellsDataset(BloodDataset):
         train_idx, val_idx = stratified_split(
             labels, (1 - self.val_fraction, self.val_fraction), self.split_seed
         )
-        return {
+        index = {
             "train": [raw["train"][i] for i in train_idx],
             "val": [raw["train"][i] for i in val_idx],
             "test": raw["test"],
             "test_simple": raw["test_simple"],
         }
+        for split, (parent, ids) in derived_splits(self.name).items():
+            index[split] = [e for e in index[parent] if e[0] in ids]
+        return index
+
+
+# Splits that are a subset of another split, named by the parent's sample ids: a model's
+# predictions on them are the parent's rows, so no cell is decoded, predicted or stored twice.
+DERIVED_SPLIT_NOTES = {
+    "test_dedup": "TEST images whose source BCCD field has no image in TRAIN (the Kaggle "
+    "split's near-twins removed; see `python -m bloodviz twins`)",
+}
+
+
+def derived_splits(dataset: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """``{split: (parent split, its sample ids)}`` for ``dataset`` (base name, no size)."""
+    if dataset != "blood-cells":
+        return {}
+    from bloodviz import twins
+
+    try:
+        sources = twins.read_sources()
+    except DataNotFoundError:
+        return {}
+    return {"test_dedup": ("test", frozenset(twins.dedup_ids(sources)))}
+
+
+def with_derived_splits(dataset: str, by_split: dict) -> dict:
+    """``by_split`` (split -> Predictions-like with ``ids``) plus every derived split whose
+    parent it holds, as the parent's rows in the parent's order."""
+    out = dict(by_split)
+    for split, (parent, ids) in derived_splits(dataset).items():
+        if parent in by_split and split not in by_split:
+            out[split] = subset_rows(by_split[parent], ids)
+    return out
+
+
+def subset_rows(preds, ids: frozenset[str]):
+    """The rows of a Predictions (any dataclass with ``ids`` and per-row arrays) in ``ids``."""
+    from dataclasses import fields, replace
+
+    keep = np.isin(np.asarray(preds.ids).astype(str), list(ids))
+    changed = {
+        f.name: np.asarray(getattr(preds, f.name))[keep]
+        for f in fields(preds)
+        if isinstance(getattr(preds, f.name), np.ndarray)
+        and len(getattr(preds, f.name)) == len(keep)
+    }
+    return replace(preds, **changed)
 
 
 def find_kaggle_images(root: Path) -> Path:

@@ -312,32 +312,56 @@ def roc_operating_point(
 def leakage_bars(table: pd.DataFrame) -> go.Figure:
     """Accuracy of each model as a random split by cell reports it (seen patients) beside
     what it scores on new patients, with 95% intervals: :func:`bloodviz.compare.split_leakage`."""
-    fig = go.Figure()
     series = (
-        ("random split, its own test (seen patients)", "seen_ci", PALETTE[3]),
-        ("random split, new patients", "new_ci", PALETTE[1]),
-        ("patient split, new patients", "honest_ci", PALETTE[0]),
+        ("random split, its own test (seen patients)", "seen_ci"),
+        ("random split, new patients", "new_ci"),
+        ("patient split, new patients", "honest_ci"),
     )
-    for i, (column, ci, color) in enumerate(series):
-        lo = np.array([c[0] for c in table[ci]])
-        hi = np.array([c[1] for c in table[ci]])
-        values = table[column].to_numpy()
+    return accuracy_bars(
+        table, series, "Patient leakage: a random split by cell against new patients"
+    )
+
+
+def twin_bars(table: pd.DataFrame) -> go.Figure:
+    """Each blood-cells model on Kaggle's TEST, on its twin-free part and on TEST_SIMPLE, with
+    95% intervals: :func:`bloodviz.compare.twin_effect`."""
+    # where source cells are known, the twin-free bar's interval resamples them, not images
+    dedup_ci = "dedup_ci_by_source" if "dedup_ci_by_source" in table.columns else "dedup_ci"
+    series = (
+        ("test (all)", "test_ci"),
+        ("test_dedup (no TRAIN twin)", dedup_ci),
+        ("test_simple", "simple_ci"),
+    )
+    present = tuple(s for s in series if s[0] in table.columns)
+    return accuracy_bars(table, present, "Kaggle twins: TEST against its twin-free part")
+
+
+def accuracy_bars(
+    table: pd.DataFrame, series: tuple[tuple[str, str], ...], title: str
+) -> go.Figure:
+    """Grouped bars, one group a model, one bar a (value column, interval column) pair."""
+    colors = (PALETTE[3], PALETTE[1], PALETTE[0], PALETTE[2])
+    fig = go.Figure()
+    for i, (column, ci) in enumerate(series):
+        values = table[column].to_numpy(dtype=float)
+        lo = np.array([c[0] if c is not None else np.nan for c in table[ci]], dtype=float)
+        hi = np.array([c[1] if c is not None else np.nan for c in table[ci]], dtype=float)
         fig.add_trace(
             go.Bar(
                 x=table["model"],
                 y=values,
                 name=column,
-                marker_color=color,
+                marker_color=colors[i % len(colors)],
                 error_y={"type": "data", "array": hi - values, "arrayminus": values - lo},
                 text=[f"{v:.3f}" for v in values],
                 textposition="outside",
                 offsetgroup=i,
             )
         )
-    low = float(min(table[c].min() for c, _, _ in series)) if len(table) else 0.0
+    low = float(np.nanmin([table[c].min() for c, _ in series])) if len(table) else 0.0
     fig.update_yaxes(title="accuracy", range=[max(0.0, low - 0.05), 1.0])
     fig.update_layout(barmode="group")
-    return _style(fig, "Patient leakage: a random split by cell against new patients")
+    return _style(fig, title)
 
 
 def risk_coverage_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Figure:

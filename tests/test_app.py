@@ -40,7 +40,7 @@ def test_checkpoint_table_lists_and_filters(monkeypatch, store):
     assert not app.exception
     table = app.dataframe[0].value
     assert set(table["dataset"]) == {"pbc-64", "blood-cells-64"}
-    assert set(table["split"]) == {"test", "test_simple"}
+    assert set(table["split"]) == {"test", "test_simple", "test_dedup"}
     next(m for m in app.multiselect if m.label == "Datasets").set_value(["pbc-64"]).run()
     assert set(app.dataframe[0].value["dataset"]) == {"pbc-64"}
 

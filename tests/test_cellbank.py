@@ -70,7 +70,11 @@ def test_without_the_dataset_the_bank_is_used(monkeypatch, tmp_path):
     assert "not on this machine" in cells.note
     assert len(cells.sample_ids("test")) == 3248
     blood = open_cells("blood-cells", 64)
-    assert blood.gallery_splits == ("test", "test_simple")
+    # test_dedup is derived from the bank's test cells: no cell stored twice
+    assert blood.gallery_splits == ("test", "test_simple", "test_dedup")
+    dedup = blood.sample_ids("test_dedup")
+    assert 2000 < len(dedup) < 2487 and set(dedup) <= set(blood.sample_ids("test"))
+    assert blood.image(dedup[0]).shape == (64, 64, 3)
     assert blood.image(blood.sample_ids("test_simple")[0]).shape == (64, 64, 3)
 
 

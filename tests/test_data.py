@@ -81,6 +81,9 @@ def test_blood_cells_layout_found_under_root(data_root):
         counts = {s: len(ds.sample_ids(s)) for s in ds.splits}
         assert counts["train"] + counts["val"] == 9957
         assert counts["test"] == 2487 and counts["test_simple"] == 71
+        # the twin-free part of TEST: a subset named by the shipped sources file
+        assert 2000 < counts["test_dedup"] < counts["test"]
+        assert set(ds.sample_ids("test_dedup")) <= set(ds.sample_ids("test"))
         assert 0.09 < counts["val"] / 9957 < 0.11
     assert ds.class_names == BLOOD_CELLS_CLASSES
     assert ds.eval_splits == ("test", "test_simple")

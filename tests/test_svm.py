@@ -54,7 +54,12 @@ def test_fit_writes_a_predictions_only_checkpoint(tmp_path, monkeypatch, data_ro
     )
     out = train(config, str(data_root), tmp_path / "ck", progress=False, log=str)
     ckpt = open_checkpoint(out)
-    assert ckpt.splits == ["test", "test_simple", "val"]
+    # test_dedup comes from test's rows (write_checkpoint derives it): a subset, same numbers
+    assert ckpt.splits == ["test", "test_dedup", "test_simple", "val"]
+    test, dedup = ckpt.predictions("test"), ckpt.predictions("test_dedup")
+    assert set(dedup.ids) < set(test.ids)
+    row = list(test.ids).index(dedup.ids[0])
+    assert (test.probs[row] == dedup.probs[0]).all()
     assert ckpt.run.n_samples["train"] == 20 and ckpt.run.n_samples["test"] == 24
     assert "pickle" in ckpt.predictions_only_reason and not ckpt.has_weights
     assert "one-vs-one" in ckpt.run.classifier

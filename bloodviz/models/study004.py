@@ -175,6 +175,13 @@ class FactorisedNet(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(128, num_classes),
         )
+        # He initialisation: without batch norm, PyTorch's default (kaiming_uniform, a=sqrt(5))
+        # shrinks the signal about 3x per conv, and depth 3's 13 convs left blood-cells-64 at
+        # chance (loss ln 4 after 12 epochs, at lr 5e-4 and 2e-4 alike)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x):
         return self.classifier(self.features(x))
