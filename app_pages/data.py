@@ -46,10 +46,9 @@ def show_leakage() -> None:
 
 @st.cache_data(show_spinner=False)
 def twin_accuracy(fingerprint: tuple) -> pd.DataFrame:
-    return twin_effect(
-        list_checkpoints(fingerprint[0], "blood-cells-64")
-        + list_checkpoints(fingerprint[0], "blood-cells-120")
-    )
+    sources = {m.image: twins.source_of(m) for m in twins.read_sources() if m.matched}
+    ckpts = [c for c in list_checkpoints(fingerprint[0]) if c.dataset == "blood-cells"]
+    return twin_effect(ckpts, sources)
 
 
 def show_twins(data, size: int) -> None:
@@ -90,7 +89,7 @@ def show_twins(data, size: int) -> None:
     effect = twin_accuracy(ui.store_fingerprint())
     if not effect.empty:
         ui.chart(twin_bars(effect), key="data_twin_bars")
-        shown = effect.drop(columns=["test_ci", "dedup_ci", "simple_ci"]).assign(
+        shown = effect.drop(columns=["test_ci", "dedup_ci", "simple_ci", "n_test"]).assign(
             dedup_ci_by_source=[f"{lo:.3f}-{hi:.3f}" for lo, hi in effect["dedup_ci_by_source"]]
         )
         st.dataframe(
@@ -110,9 +109,16 @@ def show_twins(data, size: int) -> None:
     image = st.selectbox("A TEST image with twins in TRAIN", leaked, key="data_twin_image")
     pairs = twins.twins_of(matches, image)
     source = next(m for m in matches if m.image == image)
+    other_fields = sorted({m.field for m in pairs} - {source.field})
+    elsewhere = (
+        f" (from field {', '.join(map(str, other_fields))}: another photograph of the same spot)"
+        if other_fields
+        else ""
+    )
     st.markdown(
         f"Field **{source.field}** ({source.field_label or 'no label'}), {source.inliers} "
-        f"keypoints agree; **{len(pairs)}** TRAIN images come from the same field."
+        f"keypoints agree; **{len(pairs)}** TRAIN images come from the same source"
+        f"{elsewhere}."
     )
     columns = st.columns(7)
     columns[0].image(ui.cell_image("blood-cells", size, image), caption="TEST", width="stretch")
@@ -125,8 +131,8 @@ def show_twins(data, size: int) -> None:
         root = twins.find_bccd_fields(data._raw.folder.parent.parent)
         st.image(
             twins.field_with_footprints(root, source.field, [source, *pairs]),
-            caption=f"BCCD field {source.field}: the TEST image's footprint (red) and its "
-            "TRAIN twins' (blue)",
+            caption=f"BCCD field {source.field}: the TEST image's footprint (red) and those "
+            "of its TRAIN twins cut from this field (blue)",
             width=640,
         )
     except DataNotFoundError as exc:

@@ -378,3 +378,20 @@ def test_trust_tab_and_a_noise_upload_flagged(page, server):
     expect(page.get_by_text("unlike the training data").first).to_be_visible()
     _no_exception(page)
     _shot(page, "19-noise-upload-flagged.png")
+
+
+def test_kaggle_twins_on_the_data_page(page, server):
+    """The Kaggle split's leakage: the per-class table, each model on TEST against its
+    twin-free part, and a TEST image beside its TRAIN twins and source field."""
+    page.goto(server + "/data?dataset=blood-cells-64")
+    expect(
+        page.get_by_role("heading", name="Kaggle twins: TRAIN and TEST cut from the same field")
+    ).to_be_visible()
+    expect(page.get_by_text("have a twin in TRAIN")).to_be_visible()
+    expect(
+        page.locator("[data-testid=stPlotlyChart]").filter(has_text="Kaggle twins").first
+    ).to_be_visible()
+    expect(page.get_by_text("TRAIN images come from the same source")).to_be_visible()
+    expect(page.get_by_text("the TEST image's footprint (red)")).to_be_visible()
+    _no_exception(page)
+    _shot(page, "20-kaggle-twins.png")
