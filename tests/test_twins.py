@@ -133,3 +133,32 @@ def test_an_image_and_its_mirror_match_their_field_among_others(data_root, tmp_p
         assert field == m.field and twins.accept(inliers, runner_up)
         mirrored, *_ = index.match(np.ascontiguousarray(grey[:, ::-1]))
         assert mirrored == m.field
+
+
+def test_overlapping_fields_form_one_source_and_carry_twins_across():
+    regions = twins.regions_of([1, 2, 3, 4], [(2, 4, 30), (4, 2, 28)])
+    assert regions == {1: 1, 2: 2, 3: 3, 4: 2}
+    toy = twins.with_regions(
+        [
+            match("TRAIN/A/9", "train", "eosinophil", 4),  # field 4 photographs field 2's spot
+            match("TEST/A/2", "test", "eosinophil", 2),
+            match("TEST/A/3", "test", "eosinophil", 3),
+        ],
+        regions,
+    )
+    assert twins.dedup_ids(toy) == ["TEST/A/3"]
+    assert [m.image for m in twins.twins_of(toy, "TEST/A/2")] == ["TRAIN/A/9"]
+
+
+def test_grouped_interval_is_wider_than_the_per_image_one_for_copied_sources():
+    from bloodviz.metrics import grouped_accuracy_ci
+
+    rng = np.random.default_rng(0)
+    # 20 sources, 30 copies each, each source right or wrong as a whole
+    source_right = rng.random(20) < 0.8
+    correct = np.repeat(source_right, 30)
+    groups = np.repeat(np.arange(20), 30)
+    lo, hi = grouped_accuracy_ci(correct, groups, seed=0)
+    lo1, hi1 = grouped_accuracy_ci(correct, np.arange(len(correct)), seed=0)
+    assert lo <= correct.mean() <= hi
+    assert (hi - lo) > 3 * (hi1 - lo1)
