@@ -266,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser(
+        "localise", help="find white cells in smear fields; --bench scores it on BCCD's boxes"
+    )
+    p.add_argument("images", nargs="*", type=Path, help="field images: print one box a line")
+    p.add_argument("--bench", action="store_true", help="recall / precision on BCCD fields")
+    p.add_argument("--part", choices=("odd", "even", "all"), default="odd")
+    p.add_argument("--data-root", default=None)
+
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
     p.add_argument("--json", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
@@ -329,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if any(w.startswith("failed") for w in outcome.values()) else 0
         if args.command == "twins":
             return _twins(args)
+        if args.command == "localise":
+            return _localise(args)
         if args.command == "zoo":
             from bloodviz.zoo import format_zoo, zoo_rows
 
@@ -347,6 +357,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 1
+
+
+def _localise(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from bloodviz import localise
+
+    for path in args.images:
+        boxes = localise.find_white_cells(np.asarray(Image.open(path).convert("RGB")))
+        for box in boxes:
+            print(f"{path},{box.x0:.0f},{box.y0:.0f},{box.x1:.0f},{box.y1:.0f},{box.nucleus_px}")
+        if not boxes:
+            print(f"{path}: no white cell found")
+    if args.bench:
+        from bloodviz.paths import resolve_data_root
+
+        root = resolve_data_root(args.data_root)
+        folder = root / "blood-cells" if (root / "blood-cells").is_dir() else root
+        result = localise.benchmark(folder, args.part)
+        print(
+            f"BCCD {result['part']} fields: {result['fields']}, white cells "
+            f"{result['white_cells']}, boxes found {result['found']}; at IoU {result['iou']}: "
+            f"recall {result['recall']:.4f}, precision {result['precision']:.4f}; "
+            f"{result['ms_per_field']:.1f} ms a field"
+        )
+    return 0
 
 
 def _twins(args) -> int:
