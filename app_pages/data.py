@@ -32,15 +32,8 @@ def show_leakage() -> None:
     )
     ui.chart(leakage_bars(table), key="data_leakage")
     shown = table.drop(columns=["seen_ci", "new_ci", "honest_ci"])
-    st.dataframe(
-        shown,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            c: st.column_config.NumberColumn(format="%.4f")
-            for c in shown.columns
-            if c not in ("model", "size", "n_seen", "n_new")
-        },
+    ui.number_table(
+        shown, [c for c in shown.columns if c not in ("model", "size", "n_seen", "n_new")]
     )
 
 
@@ -92,15 +85,7 @@ def show_twins(data, size: int) -> None:
         shown = effect.drop(columns=["test_ci", "dedup_ci", "simple_ci", "n_test"]).assign(
             dedup_ci_by_source=[f"{lo:.3f}-{hi:.3f}" for lo, hi in effect["dedup_ci_by_source"]]
         )
-        st.dataframe(
-            shown,
-            hide_index=True,
-            width="stretch",
-            column_config={
-                c: st.column_config.NumberColumn(format="%.4f")
-                for c in ("test (all)", "test_dedup (no TRAIN twin)", "test_simple", "gap")
-            },
-        )
+        ui.number_table(shown, ["test (all)", "test_dedup (no TRAIN twin)", "test_simple", "gap"])
     leaked = sorted(
         m.image for m in matches if m.split == "test" and twins.twins_of(matches, m.image)
     )

@@ -392,6 +392,16 @@ def chart(fig, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", config=EXPORT_CONFIG, key=key)
 
 
+def number_table(frame, columns, digits: int = 4) -> None:
+    """A full-width table showing ``columns`` to ``digits`` decimals."""
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={c: st.column_config.NumberColumn(format=f"%.{digits}f") for c in columns},
+    )
+
+
 def table_download(frame, filename: str, label: str = "Download CSV") -> None:
     st.download_button(label, frame.to_csv(index=False), filename, "text/csv", key=filename)
 
