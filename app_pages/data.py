@@ -86,9 +86,7 @@ def show_twins(data, size: int) -> None:
             dedup_ci_by_source=[f"{lo:.3f}-{hi:.3f}" for lo, hi in effect["dedup_ci_by_source"]]
         )
         ui.number_table(shown, ["test (all)", "test_dedup (no TRAIN twin)", "test_simple", "gap"])
-    leaked = sorted(
-        m.image for m in matches if m.split == "test" and twins.twins_of(matches, m.image)
-    )
+    leaked = sorted(twins.twinned_ids(matches))
     if not leaked:
         return
     image = st.selectbox("A TEST image with twins in TRAIN", leaked, key="data_twin_image")

@@ -359,6 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def _blood_cells_root(data_root) -> Path:
+    """The blood-cells folder under the data root (or the root itself), so the Kaggle and BCCD
+    folders are searched there and not through every other dataset."""
+    from bloodviz.paths import resolve_data_root
+
+    root = resolve_data_root(data_root)
+    return root / "blood-cells" if (root / "blood-cells").is_dir() else root
+
+
 def _localise(args) -> int:
     import numpy as np
     from PIL import Image
@@ -372,11 +381,7 @@ def _localise(args) -> int:
         if not boxes:
             print(f"{path}: no white cell found")
     if args.bench:
-        from bloodviz.paths import resolve_data_root
-
-        root = resolve_data_root(args.data_root)
-        folder = root / "blood-cells" if (root / "blood-cells").is_dir() else root
-        result = localise.benchmark(folder, args.part)
+        result = localise.benchmark(_blood_cells_root(args.data_root), args.part)
         print(
             f"BCCD {result['part']} fields: {result['fields']}, white cells "
             f"{result['white_cells']}, boxes found {result['found']}; at IoU {result['iou']}: "
@@ -388,16 +393,12 @@ def _localise(args) -> int:
 
 def _twins(args) -> int:
     from bloodviz import twins
-    from bloodviz.paths import resolve_data_root
 
     out = args.out or twins.SOURCES_PATH
     if args.reuse:
         matches = twins.read_sources(out)
     else:
-        root = resolve_data_root(args.data_root)
-        matches = twins.match_sources(
-            root / "blood-cells" if (root / "blood-cells").is_dir() else root, limit=args.limit
-        )
+        matches = twins.match_sources(_blood_cells_root(args.data_root), limit=args.limit)
         twins.write_sources(matches, out)
         print(f"wrote {out}")
     print(twins.format_leakage(twins.leakage_table(matches)))
@@ -416,8 +417,7 @@ def _twins(args) -> int:
                     f"test {test:.4f}  test_dedup {dedup:.4f}"
                 )
     if args.sheet:
-        root = resolve_data_root(args.data_root)
-        folder = root / "blood-cells" if (root / "blood-cells").is_dir() else root
+        folder = _blood_cells_root(args.data_root)
         print(f"sheet: {twins.contact_sheet(matches, folder, args.sheet, count=args.sheet_count)}")
     return 0
 

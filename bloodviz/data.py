@@ -412,12 +412,6 @@ class BloodCellsDataset(BloodDataset):
 
 # Splits that are a subset of another split, named by the parent's sample ids: a model's
 # predictions on them are the parent's rows, so no cell is decoded, predicted or stored twice.
-DERIVED_SPLIT_NOTES = {
-    "test_dedup": "TEST images whose source BCCD field has no image in TRAIN (the Kaggle "
-    "split's near-twins removed; see `python -m bloodviz twins`)",
-}
-
-
 def derived_splits(dataset: str) -> dict[str, tuple[str, frozenset[str]]]:
     """``{split: (parent split, its sample ids)}`` for ``dataset`` (base name, no size)."""
     if dataset != "blood-cells":

@@ -391,10 +391,25 @@ def training_sources(matches) -> set[int]:
     return {source_of(m) for m in matches if m.split == "train" and m.matched}
 
 
+def _by_twin(matches, split: str) -> tuple[list[str], list[str]]:
+    """The matched ``split`` images: (those with a TRAIN twin, those without)."""
+    seen = training_sources(matches)
+    chosen = [m for m in matches if m.split == split and m.matched]
+    return (
+        [m.image for m in chosen if source_of(m) in seen],
+        [m.image for m in chosen if source_of(m) not in seen],
+    )
+
+
 def dedup_ids(matches, split: str = "test") -> list[str]:
     """The ``split`` images whose source region is known and has no image in TRAIN."""
-    seen = training_sources(matches)
-    return [m.image for m in matches if m.split == split and m.matched and source_of(m) not in seen]
+    return _by_twin(matches, split)[1]
+
+
+def twinned_ids(matches, split: str = "test") -> list[str]:
+    """The ``split`` images with a TRAIN image of the same source (one pass, not a
+    :func:`twins_of` per image)."""
+    return _by_twin(matches, split)[0]
 
 
 def leakage_table(matches) -> list[dict]:

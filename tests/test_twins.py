@@ -39,6 +39,7 @@ def test_acceptance_needs_enough_inliers_and_a_clear_margin():
 
 def test_dedup_keeps_only_matched_test_images_without_a_train_twin():
     assert twins.dedup_ids(TOY) == ["TEST/A/2"]
+    assert twins.twinned_ids(TOY) == ["TEST/A/1"]
     assert [m.image for m in twins.twins_of(TOY, "TEST/A/1")] == ["TRAIN/A/1", "TRAIN/A/2"]
     assert twins.twins_of(TOY, "TEST/B/1") == []
 
