@@ -83,7 +83,7 @@ for ckpt in ckpts:
         if len(found):
             value, limit = float(found.iloc[0]), ood_card["threshold"]
             verdict = "**flagged**: unlike the training data" if value > limit else "in range"
-            columns[0].caption(f"OOD score {value:.0f} (threshold {limit:.0f}): {verdict}")
+            columns[0].caption(f"OOD score {value:.3g} (threshold {limit:.3g}): {verdict}")
     row_images = [upscale(image, 192)]
     for col, method in zip(columns[1:], methods):
         label = CAM_METHODS[method][0]

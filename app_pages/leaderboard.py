@@ -230,7 +230,7 @@ with st.expander("Out-of-distribution detection", icon=":material/gpp_maybe:"):
                 for c in ood.columns
                 if c not in ("model", "threshold")
             }
-            | {"threshold": st.column_config.NumberColumn(format="%.1f")},
+            | {"threshold": st.column_config.NumberColumn(format="%.3g")},
         )
 
 with st.expander("Export for slides", icon=":material/slideshow:"):

@@ -214,7 +214,7 @@ with tab_trust:
     else:
         st.markdown(
             f"**Out-of-distribution score**: {ood_card['description']}. Threshold "
-            f"{ood_card['threshold']:.1f} ({ood_card['pass_rate_on_val']:.0%} of validation "
+            f"{ood_card['threshold']:.3g} ({ood_card['pass_rate_on_val']:.0%} of validation "
             "cells pass)."
         )
         bench = (ood_card.get("benchmark") or {}).get("sets")
@@ -233,7 +233,8 @@ with tab_trust:
             st.caption(
                 f"In-distribution: {ood_card['benchmark']['in_distribution']}. AUROC: how often "
                 "an outside image scores above a test cell; FPR95: outside images let through "
-                "when 95% of test cells pass. The energy score is the baseline."
+                "when 95% of test cells pass. The energy score is the baseline; `head` and "
+                "`stem` are the two parts of the score alone, where it has both."
             )
 
 if two_class:

@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p)
     p.add_argument("--models", "--model", nargs="+", required=True, dest="models")
-    p.add_argument("--refit", action="store_true", help="fit again even if one is stored")
+    p.add_argument(
+        "--refit", action="store_true", help="fit both parts again even if they are stored"
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
 
@@ -424,30 +426,39 @@ def _twins(args) -> int:
 
 def _ood(args, command_line: str) -> int:
     from bloodviz.checkpoints import find_checkpoint
-    from bloodviz.ood import benchmark, fit_detector, load_detector
+    from bloodviz.ood import STEM, benchmark, fit_detector, load_detector
 
     for model in args.models:
         ckpt = find_checkpoint(args.dataset, model, args.size, args.checkpoints)
-        if args.refit or load_detector(ckpt) is None:
-            detector = fit_detector(ckpt, args.data_root, not args.quiet, command_line)
+        stored = load_detector(ckpt)
+        # a detector fitted before the stem part gets it added (its head part is kept)
+        if args.refit or stored is None or STEM not in stored.parts:
+            detector = fit_detector(
+                ckpt, args.data_root, not args.quiet, command_line, reuse_head=not args.refit
+            )
             print(
                 f"{ckpt.dataset_key} {ckpt.name}: fitted on {detector.card['fitted_on']['train']} "
                 f"training cells in {detector.card['seconds']} s; threshold "
-                f"{detector.threshold:.1f} passes {detector.card['pass_rate_on_val']:.0%} of val"
+                f"{detector.threshold:.3g} passes {detector.card['pass_rate_on_val']:.0%} of val"
             )
         result = benchmark(ckpt, args.data_root, not args.quiet, command_line)
         print(
             f"{ckpt.dataset_key} {ckpt.name}: test cells vs each set ({result['in_distribution']})"
         )
+        parts = [
+            p for p in ("head", "stem") if any(f"auroc_{p}" in r for r in result["sets"].values())
+        ]
         print(
             f"  {'set':22s} {'n':>5s} {'AUROC maha':>10s} {'AUROC energy':>12s} "
             f"{'FPR95 maha':>10s} {'FPR95 energy':>12s} {'flagged':>8s}"
+            + "".join(f" {'AUROC ' + p:>10s}" for p in parts)
         )
         for name, row in result["sets"].items():
             print(
                 f"  {name:22s} {row['n']:5d} {row['auroc_mahalanobis']:10.4f} "
                 f"{row['auroc_energy']:12.4f} {row['fpr95_mahalanobis']:10.4f} "
                 f"{row['fpr95_energy']:12.4f} {row['flagged']:8.1%}"
+                + "".join(f" {row.get(f'auroc_{p}', float('nan')):10.4f}" for p in parts)
             )
     return 0
 
@@ -642,8 +653,8 @@ def _predict(args) -> int:
             ood = ""
             if model in r.ood:
                 score, threshold = r.ood[model]
-                ood = f" | OOD score {score:.0f} ({'FLAGGED, over' if flagged else 'under'}"
-                ood += f" {threshold:.0f})"
+                ood = f" | OOD score {score:.3g} ({'FLAGGED, over' if flagged else 'under'}"
+                ood += f" {threshold:.3g})"
             withheld = args.abstain and bool(flagged)
             print(f"  {model:14s}{backend}: {'abstained; ' if withheld else ''}{ranked}{ood}")
             for note in r.warnings.get(model, []):

@@ -139,8 +139,9 @@ def onnx_path(ckpt) -> Path:
     weights = ckpt.weights_path
     content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
     digest = hashlib.sha1(content).hexdigest()[:12]
-    # v2: a second output, the penultimate features the OOD score reads
-    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}-v2.onnx"
+    # v3: extra outputs, what the OOD score reads: the penultimate features and the first
+    # convolution's pooled statistics (v2 had the former only)
+    return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}-v3.onnx"
 
 
 def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
@@ -154,29 +155,30 @@ def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
     model = (model or ckpt.cost_model()).eval()
     size = ckpt.preprocessing.size
     tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
-    from bloodviz.ood import FeatureTap, feature_layer
+    from bloodviz.ood import HEAD, STEM, FeatureTap, detector_layers
 
     try:
-        layer = feature_layer(model, size, ckpt.preprocessing.num_classes)
+        layers = detector_layers(model, size, ckpt.preprocessing.num_classes)
     except ValueError:  # no final Linear layer: logits only
-        layer = None
+        layers = {}
+    # ONNX output names of the parts (``features`` kept from v2 for the head)
+    outputs = ["logits", *({HEAD: "features", STEM: "stem"}[name] for name in layers)]
 
     class WithFeatures(torch.nn.Module):
-        """The network, also returning the features its classifier reads (one pass)."""
+        """The network, also returning what the OOD score reads (one pass)."""
 
         def __init__(self):
             super().__init__()
             self.net = model
-            self.tap = FeatureTap(model, layer)
+            self.tap = FeatureTap(model, layers)
 
         def forward(self, x):
             logits = self.net(x)
-            return logits, self.tap.features
+            return (logits, *(self.tap.features[name] for name in layers))
 
     # eval: the exporter puts the module back in its own mode afterwards, and a wrapper left
     # in training mode would switch the caller's network to batch statistics
-    exported = WithFeatures().eval() if layer else model
-    outputs = ["logits", "features"] if layer else ["logits"]
+    exported = WithFeatures().eval() if layers else model
     try:
         # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
         torch.onnx.export(
@@ -190,7 +192,7 @@ def export_onnx(ckpt, model: torch.nn.Module | None = None) -> Path:
             opset_version=17,
         )
     finally:
-        if layer:
+        if layers:
             exported.tap.remove()
     os.replace(tmp, path)
     return path

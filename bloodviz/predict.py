@@ -149,7 +149,7 @@ class Runner:
         self.backend = "pytorch"
         self._session = None
         self._model = None
-        self._layer = None
+        self._layers: dict[str, str] | None = None
         self._lock = threading.Lock()  # a feature hook on a shared PyTorch model: one pass
         bench = ckpt.bench() or {}
         from bloodviz.imports import imported_onnx_file
@@ -174,24 +174,28 @@ class Runner:
         else:
             self._model = ckpt.load_model()
             if self.detector is not None:
-                from bloodviz.ood import feature_layer
+                from bloodviz.ood import detector_layers_of
 
-                self._layer = feature_layer(self._model, ckpt.size, ckpt.preprocessing.num_classes)
+                self._layers = detector_layers_of(self.detector)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and, where the checkpoint has a fitted detector, OOD scores: one
         pass through the network for both."""
         prep = self.ckpt.preprocessing
-        features = None
+        features: dict[str, np.ndarray] = {}
         if self._session is None:
-            if self._layer is None:
+            if self._layers is None:
                 return predict_probs(self._model, prep, images), None
             from bloodviz.ood import logits_and_features
 
             with self._lock:
-                logits, features = logits_and_features(self._model, prep, images, layer=self._layer)
+                logits, features = logits_and_features(
+                    self._model, prep, images, layers=self._layers
+                )
             probs = softmax(logits)
         else:
+            from bloodviz.ood import HEAD, STEM
+
             outputs = self._session.run(None, {self._input: prep.to_array(images)})
             if self._outputs == "logits":
                 probs = softmax(outputs[0])
@@ -199,8 +203,11 @@ class Runner:
                 from bloodviz.imports import as_probabilities
 
                 probs = as_probabilities(outputs[0], self._outputs)
-            features = outputs[1] if len(outputs) > 1 else None
-        if self.detector is None or features is None:
+            # the export names its extra outputs: "features" (head) and "stem"
+            names = [o.name for o in self._session.get_outputs()]
+            parts = {"features": HEAD, STEM: STEM}
+            features = {parts[n]: v for n, v in zip(names, outputs) if n in parts}
+        if self.detector is None or not set(self.detector.parts) <= set(features):
             return probs, None
         return probs, self.detector.score(features)
 
@@ -280,8 +287,8 @@ def classify(
                 result.ood[ckpt.name] = (float(scores[0]), threshold)
                 if scores[0] > threshold:
                     notes.append(
-                        f"unlike the training data: its features' OOD score {scores[0]:.0f} is "
-                        f"above {threshold:.0f}, which 95% of validation cells stay under; do "
+                        f"unlike the training data: its features' OOD score {scores[0]:.3g} is "
+                        f"above {threshold:.3g}, which 95% of validation cells stay under; do "
                         "not trust this prediction"
                     )
             if probs.max() < thresholds[ckpt.name]:

@@ -11,8 +11,8 @@ from bloodviz.ood import (
     Mahalanobis,
     auroc,
     benchmark,
+    detector_layers,
     energy_score,
-    feature_layer,
     fit_detector,
     fpr_at_95,
     load_detector,
@@ -46,17 +46,65 @@ def test_mahalanobis_scores_far_points_higher_and_survives_a_round_trip(tmp_path
     assert energy_score(np.array([[10.0, 0, 0]]))[0] < energy_score(np.array([[0.0, 0, 0]]))[0]
 
 
-def test_features_come_from_the_classifier_input():
+def test_features_come_from_the_classifier_input_and_the_first_convolution():
+    import torch
+
     ckpt = find_checkpoint("pbc", "cnn_baseline")
     model = ckpt.load_model()
-    layer = feature_layer(model, 64, 8)
-    assert layer and isinstance(model.get_submodule(layer), __import__("torch").nn.Linear)
+    layers = detector_layers(model, 64, 8)
+    assert isinstance(model.get_submodule(layers["head"]), torch.nn.Linear)
+    assert isinstance(model.get_submodule(layers["stem"]), torch.nn.Conv2d)
     cells = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     logits, feats = logits_and_features(model, ckpt.preprocessing, cells)
-    assert logits.shape == (3, 8) and feats.shape[0] == 3
-    head = model.get_submodule(layer)
-    again = head(__import__("torch").as_tensor(feats)).detach().numpy()
+    assert logits.shape == (3, 8) and feats["head"].shape[0] == 3
+    head = model.get_submodule(layers["head"])
+    again = head(torch.as_tensor(feats["head"])).detach().numpy()
     assert np.allclose(again, logits, atol=1e-4)  # the tapped features give the logits
+    # the stem part: each channel's mean and spread of the first convolution's output
+    conv = model.get_submodule(layers["stem"])
+    with torch.no_grad():
+        out = conv(ckpt.preprocessing.normalize(cells)).flatten(2)
+    expected = torch.cat([out.mean(2), out.std(2, correction=0)], 1).numpy()
+    assert feats["stem"].shape == (3, 2 * conv.out_channels)
+    assert np.allclose(feats["stem"], expected, atol=1e-4)
+    # a pass that needs only the stem stops there and gives the same statistics
+    none, stem_only = logits_and_features(model, ckpt.preprocessing, cells, stem_only=True)
+    assert none is None and set(stem_only) == {"stem"}
+    assert np.allclose(stem_only["stem"], feats["stem"])
+
+
+def test_a_head_only_detector_from_before_the_stem_part_still_loads(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    fitted = Mahalanobis.fit(rng.normal(size=(200, 6)), rng.integers(0, 2, 200))
+    save_file(fitted.to_tensors(), str(tmp_path / "ood.safetensors"))
+    card = {"threshold": 12.5, "feature_layer": "fc", "method": "mahalanobis"}
+    (tmp_path / "ood.json").write_text(json.dumps(card))
+    detector = load_detector(SimpleNamespace(path=tmp_path))
+    assert set(detector.parts) == {"head"} and detector.threshold == 12.5
+    probe = rng.normal(size=(4, 6))
+    # its score is the head's raw distance, on the scale its threshold was set on
+    assert np.allclose(detector.score({"head": probe}), fitted.score(probe))
+    with pytest.raises(ValueError, match="did not tap"):
+        detector.score({"stem": probe})
+    (tmp_path / "ood.safetensors").write_bytes(b"not a safetensors file")
+    assert load_detector(SimpleNamespace(path=tmp_path)) is None  # damaged: confidence alone
+
+
+def test_two_parts_are_scaled_by_validation_and_the_larger_counts():
+    from bloodviz.ood import OodDetector
+
+    rng = np.random.default_rng(0)
+    head = Mahalanobis.fit(rng.normal(size=(300, 4)), rng.integers(0, 2, 300))
+    stem = Mahalanobis.fit(rng.normal(size=(300, 3)) * 10, rng.integers(0, 2, 300))
+    detector = OodDetector({"head": head, "stem": stem}, {"head": (4, 9), "stem": (2, 4)}, 1, {})
+    scores = detector.combine({"head": np.array([4.0, 9.0, 4.0]), "stem": np.array([2, 2, 8.0])})
+    assert scores.tolist() == [0.0, 1.0, 3.0]  # (9-4)/(9-4); (8-2)/(4-2) beats (4-4)/5
+    assert detector.flag(scores).tolist() == [False, False, True]
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +206,16 @@ def test_pages_show_the_score_its_benchmark_and_risk_coverage(fitted, monkeypatc
     assert any("least confident" in c.value for c in app.caption)
     app.switch_page("app_pages/gradcam.py").run()
     assert any(c.value.startswith("OOD score") for c in app.caption)
+
+
+@pytest.mark.slow
+def test_refitting_the_stem_keeps_the_head_and_its_stored_scores(fitted):
+    ckpt, detector, _, _ = fitted
+    before = stored_scores(ckpt, "val").set_index("sample_id")
+    again = fit_detector(ckpt, progress=False, command="stem again", reuse_head=True)
+    after = stored_scores(ckpt, "val").set_index("sample_id").loc[before.index]
+    assert again.card["head_reused_from"] == detector.card["command"]
+    assert np.allclose(after["head"], before["head"], rtol=1e-5)
+    assert np.allclose(again.parts["head"].precision, detector.parts["head"].precision)
+    assert np.mean(after["ood_score"] <= again.threshold) == pytest.approx(0.95, abs=0.03)
+    assert load_detector(ckpt).scales == again.scales
