@@ -4,6 +4,7 @@ import streamlit as st
 
 from bloodviz import ui
 from bloodviz.cellbank import sample_files
+from bloodviz.localise import draw_boxes
 from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import probability_bars
 from bloodviz.predict import classify, result_rows
@@ -28,14 +29,23 @@ files = st.file_uploader(
     type=["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"],
     accept_multiple_files=True,
 )
+FRAMINGS = {
+    "Decide by size": None,
+    "A smear field: find the white cells": "field",
+    "A PBC-style field (centre crop)": "full",
+    "One cropped cell": "cell",
+}
 framing_label = st.radio(
     "What is in each image?",
-    ["Decide by size", "A full microscope field", "One cropped cell"],
+    list(FRAMINGS),
     horizontal=True,
-    help="PBC models were trained on the centre 200 of 360 pixels of each field "
-    "(MedMNIST's crop). A full 360x363 field is cut the same way; a cropped cell is used whole.",
+    help="A smear field (shorter side 400 px or more, e.g. BCCD's 640x480): each white cell is "
+    "found by its stained nucleus and cropped so that it fills the crop as in the training "
+    "cells, then classified. PBC models were trained on the centre 200 of 360 pixels of each "
+    "image (MedMNIST's crop): a 360x363 PBC image is cut the same way. A cropped cell is used "
+    "whole.",
 )
-framing = {"A full microscope field": "full", "One cropped cell": "cell"}.get(framing_label)
+framing = FRAMINGS[framing_label]
 show_cam = st.toggle(
     "Grad-CAM overlay",
     value=False,
@@ -82,13 +92,24 @@ st.download_button(
     "Download CSV", table.to_csv(index=False), "bloodviz-predictions.csv", "text/csv"
 )
 
+shown_fields: set[int] = set()
 for result in results[:20]:
     st.divider()
     if result.error:
         st.error(result.error)
         continue
+    if result.field_image is not None and id(result.field_image) not in shown_fields:
+        # a field: once, with every cell found in it boxed and named by the ensemble's call
+        shown_fields.add(id(result.field_image))
+        cells = [r for r in results if r.field_image is result.field_image]
+        labels = [f"#{n} {classes[int(r.ensemble.argmax())]}" for n, r in enumerate(cells, 1)]
+        st.image(
+            draw_boxes(result.field_image, [r.box for r in cells], labels),
+            caption=f"{len(cells)} white cell(s) found; each is classified below",
+        )
     st.subheader(result.name + (f" (true class: {truth[result.name]})" if truth else ""))
-    st.caption(f"framing: {result.framing}")
+    box = f", box {result.box}" if result.box else ""
+    st.caption(f"framing: {result.framing}{box}")
     left, right = st.columns([1, 2])
     left.image(upscale(result.cell, 256), caption="what the model sees")
     probs = dict(result.per_model)

@@ -140,9 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", required=True, help="one or more models (ensembled)")
     p.add_argument(
         "--framing",
-        choices=["full", "cell"],
+        choices=["field", "full", "cell"],
         default=None,
-        help="full microscope field or an already-cropped cell (default: by size)",
+        help="field: find the white cells in a smear field and classify each (one row per "
+        "cell, with its box); full: the centre of a microscope field as the dataset cropped "
+        "it; cell: an already-cropped cell (default: by size)",
     )
     p.add_argument("--csv", type=Path, default=None, help="write one row per image and model")
     p.add_argument("--pytorch", action="store_true", help="never use ONNX Runtime")
@@ -231,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--method", default="gradcam")
     p.add_argument("--target", default=None, help="class name (default: the predicted one)")
-    p.add_argument("--framing", choices=["full", "cell"], default=None)
+    p.add_argument(
+        "--framing",
+        choices=["field", "full", "cell"],
+        default=None,
+        help="field: its largest white cell",
+    )
     p.add_argument("--out", type=Path, default=Path("overlay.png"))
     p.add_argument("--checkpoints", type=Path, default=None)
 
@@ -274,7 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", type=Path, help="field images: print one box a line")
     p.add_argument("--bench", action="store_true", help="recall / precision on BCCD fields")
     p.add_argument("--part", choices=("odd", "even", "all"), default="odd")
+    p.add_argument(
+        "--classify",
+        nargs="+",
+        metavar="DATASET:MODEL",
+        default=None,
+        help="field-level accuracy on the labelled BCCD fields, e.g. blood-cells-64:resnet18 "
+        "pbc-64:resnet50",
+    )
     p.add_argument("--data-root", default=None)
+    p.add_argument("--checkpoints", type=Path, default=None)
 
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
     p.add_argument("--json", action="store_true")
@@ -390,6 +406,20 @@ def _localise(args) -> int:
             f"recall {result['recall']:.4f}, precision {result['precision']:.4f}; "
             f"{result['ms_per_field']:.1f} ms a field"
         )
+    if args.classify:
+        from bloodviz.checkpoints import find_checkpoint
+
+        rows = []
+        for spec in args.classify:
+            key, _, model = spec.rpartition(":")
+            dataset, _, size = key.rpartition("-")
+            if not (dataset and size.isdigit() and model):
+                raise ValueError(
+                    f"--classify takes DATASET-SIZE:MODEL, e.g. pbc-64:resnet18, not {spec!r}"
+                )
+            ckpt = find_checkpoint(dataset, model, int(size), args.checkpoints)
+            rows += localise.field_accuracy([ckpt], _blood_cells_root(args.data_root))
+        print(localise.format_field_accuracy(rows))
     return 0
 
 
@@ -641,7 +671,8 @@ def _predict(args) -> int:
         if r.error:
             print(f"error: {r.error}", file=sys.stderr)
             continue
-        print(f"{r.name}  (framing: {r.framing})")
+        box = f", box {r.box}" if r.box else ""
+        print(f"{r.name}  (framing: {r.framing}{box})")
         models = dict(r.per_model)
         if len(models) > 1:
             models["ensemble"] = r.ensemble
@@ -783,6 +814,19 @@ def _gradcam(args) -> int:
     ckpt = find_checkpoint(args.dataset, args.model, args.size, args.checkpoints)
     image = read_image(args.image.read_bytes(), str(args.image))
     framing = args.framing or default_framing(image, ckpt)
+    if framing == "field":
+        from bloodviz.localise import CELL_SHARE, crop_cell, find_white_cells
+        from bloodviz.preprocess import to_rgb
+
+        if ckpt.dataset not in CELL_SHARE:
+            raise ValueError(f"field framing finds white cells; {ckpt.dataset_key} does not")
+        rgb = np.asarray(to_rgb(image))
+        boxes = find_white_cells(rgb)
+        if not boxes:
+            raise ValueError(f"{args.image}: no white cell found in the field")
+        print(f"{args.image}: the largest of {len(boxes)} white cell(s), box {boxes[0].corners}")
+        image = Image.fromarray(crop_cell(rgb, boxes[0], CELL_SHARE[ckpt.dataset]))
+        framing = "cell"
     cell = ckpt.preprocessing.prepare(image, framing)
     classes = ckpt.preprocessing.class_names
     if args.target is not None and args.target not in classes:

@@ -33,6 +33,13 @@ MIN_NUCLEUS_SHARE = 5000 / (640 * 480)
 CELL_OVER_NUCLEUS = 1.2
 OPEN_PX, CLOSE_PX, SMOOTH_SIGMA = 7, 25, 2.0
 IOU_MATCH = 0.5
+# How much of a model's input square the localiser's box takes in its dataset's training cells
+# (median): measured on the 60 white-cell PBC originals (box / the 200 px centre crop the
+# dataset keeps: 0.72) and on 297 Kaggle TRAIN images at BCCD's scale (box / the 240 px square
+# the models see: 0.40). A field's cell is cropped so that it takes the same share
+# (tests/test_localise.py measures it again).
+CELL_SHARE = {"pbc": 0.72, "blood-cells": 0.40}
+FIELD_MIN_SIDE = 400  # shorter side from which an image is taken for a field, not a crop
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,27 @@ def find_white_cells(rgb: np.ndarray) -> list[Box]:
             )
         )
     return sorted(boxes, key=lambda b: -b.nucleus_px)
+
+
+def crop_cell(rgb: np.ndarray, box: Box, share: float) -> np.ndarray:
+    """The square around ``box`` in which the cell takes ``share`` of the side, as in the
+    training data; where the square leaves the field, the field is mirrored into it (a black
+    border would be unlike any training cell)."""
+    rgb = np.asarray(rgb)
+    side = max(box.x1 - box.x0, box.y1 - box.y0) / share
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    size = max(1, int(round(side)))
+    while True:
+        height, width = rgb.shape[:2]
+        pad = max(0, -left, -top, left + size - width, top + size - height)
+        if not pad:
+            break
+        # mirror as often as needed: a cell near a small field's edge may want more than it
+        step = min(pad, min(height, width) - 1)
+        rgb = np.pad(rgb, ((step, step), (step, step), (0, 0)), mode="reflect")
+        left, top = left + step, top + step
+    return np.ascontiguousarray(rgb[top : top + size, left : left + size])
 
 
 def iou(a, b) -> float:
@@ -163,3 +191,129 @@ def benchmark(root: Path, part: str = "odd", progress: bool = True) -> dict:
         "iou": IOU_MATCH,
         "ms_per_field": 1000 * seconds / len(pairs),
     }
+
+
+def field_accuracy(ckpts, root: Path, *, progress: bool = True) -> list[dict]:
+    """Field-level accuracy on the BCCD fields whose ``labels.csv`` names one category that
+    the models know: each field's largest white cell, found and cropped as the ``field``
+    framing does, classified by each checkpoint, against the field's category.
+
+    The Kaggle blood-cells images were cut from these very fields, so for blood-cells models
+    a field whose smear region has a Kaggle TRAIN image was trained on: those and the unseen
+    ones are reported apart. ``restricted``: the prediction taken among the categories that
+    occur in BCCD's labels only (a PBC model also knows platelets, erythroblasts, IG).
+    Intervals resample whole smear regions (:func:`bloodviz.metrics.grouped_accuracy_ci`)."""
+    from tqdm.auto import tqdm
+
+    from bloodviz.metrics import grouped_accuracy_ci
+    from bloodviz.predict import Runner, classify
+    from bloodviz.twins import (
+        find_bccd_fields,
+        read_field_labels,
+        read_sources,
+        source_of,
+        training_sources,
+    )
+
+    folder = find_bccd_fields(Path(root))
+    labels = read_field_labels(folder / "labels.csv")
+    try:
+        matches = read_sources()
+        region_of = {m.field: source_of(m) for m in matches if m.matched}
+        seen_regions = training_sources(matches)
+    except (OSError, ValueError):
+        region_of, seen_regions = {}, set()
+    classes = ckpts[0].preprocessing.class_names
+    present = sorted({c for c in labels.values() if c.lower() in classes})
+    fields = [
+        (number, category.lower())
+        for number, category in sorted(labels.items())
+        if category in present and (folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg").exists()
+    ]
+    if not fields:
+        raise DataNotFoundError(f"no BCCD field under {folder} has a category these models know")
+    runners = {c.name: Runner(c) for c in ckpts}
+    allowed = np.array([c in [p.lower() for p in present] for c in classes])
+    calls: dict[str, list] = {c.name: [] for c in ckpts}
+    kept = []
+    for number, category in tqdm(fields, desc="BCCD fields", disable=not progress):
+        path = folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg"
+        results = classify([(path.name, path.read_bytes())], ckpts, runners, framing="field")
+        if results[0].error:  # no white cell found: the field counts as missed
+            for ckpt in ckpts:
+                calls[ckpt.name].append((None, None))
+        else:
+            for ckpt in ckpts:
+                probs = results[0].per_model[ckpt.name]
+                calls[ckpt.name].append(
+                    (
+                        classes[int(probs.argmax())],
+                        classes[int(np.where(allowed, probs, -1).argmax())],
+                    )
+                )
+        kept.append((number, category))
+    truth = np.array([c for _, c in kept])
+    regions = np.array([region_of.get(n, n) for n, _ in kept])
+    rows = []
+    for ckpt in ckpts:
+        seen = (
+            np.array([r in seen_regions for r in regions])
+            if ckpt.dataset == "blood-cells"
+            else np.zeros(len(kept), bool)
+        )
+        plain = np.array([p == t for (p, _), t in zip(calls[ckpt.name], truth)])
+        restricted = np.array([p == t for (_, p), t in zip(calls[ckpt.name], truth)])
+        for part, mask in (("unseen fields", ~seen), ("fields trained on", seen)):
+            if not mask.any():
+                continue
+            rows.append(
+                {
+                    "model": ckpt.name,
+                    "dataset": ckpt.dataset_key,
+                    "fields": part,
+                    "n": int(mask.sum()),
+                    "no cell found": int(
+                        sum(p is None for (p, _), m in zip(calls[ckpt.name], mask) if m)
+                    ),
+                    "accuracy": float(plain[mask].mean()),
+                    "accuracy_ci": grouped_accuracy_ci(plain[mask], regions[mask]),
+                    "restricted": float(restricted[mask].mean()),
+                    "restricted_ci": grouped_accuracy_ci(restricted[mask], regions[mask]),
+                    "categories": ", ".join(p.lower() for p in present),
+                }
+            )
+    return rows
+
+
+def format_field_accuracy(rows: list[dict]) -> str:
+    lines = [
+        f"{'dataset':16s} {'model':16s} {'fields':18s} {'n':>4s} {'no cell':>7s} "
+        f"{'accuracy [95% CI]':>24s} {'restricted [95% CI]':>24s}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['dataset']:16s} {r['model']:16s} {r['fields']:18s} {r['n']:4d} "
+            f"{r['no cell found']:7d} {r['accuracy']:8.2%} [{r['accuracy_ci'][0]:.3f}, "
+            f"{r['accuracy_ci'][1]:.3f}] {r['restricted']:8.2%} [{r['restricted_ci'][0]:.3f}, "
+            f"{r['restricted_ci'][1]:.3f}]"
+        )
+    return "\n".join(lines)
+
+
+def draw_boxes(rgb: np.ndarray, boxes, labels: list[str] | None = None) -> np.ndarray:
+    """The field with each box outlined and labelled (``#1``, or the given labels): what
+    the upload page shows above a field's cells."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(np.asarray(rgb, dtype=np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(min(image.size) / 160))
+    font = ImageFont.load_default(size=max(12, min(image.size) // 24))
+    for number, box in enumerate(boxes, start=1):
+        corners = box.corners if isinstance(box, Box) else tuple(box)
+        text = labels[number - 1] if labels else f"#{number}"
+        draw.rectangle(corners, outline=(255, 215, 0), width=width)
+        x, y = corners[0] + width, corners[1] + width  # inside the box: never off the image
+        draw.rectangle(draw.textbbox((x, y), text, font=font), fill=(0, 0, 0))
+        draw.text((x, y), text, fill=(255, 215, 0), font=font)
+    return np.asarray(image)

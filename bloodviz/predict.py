@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodviz.checkpoints import Checkpoint
 from bloodviz.inference import predict_probs, softmax
-from bloodviz.preprocess import Framing
+from bloodviz.preprocess import to_rgb
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000  # a 6000x6000 photo passes; decompression bombs do not
@@ -32,6 +32,7 @@ ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"}
 OOD_VAL_QUANTILE = 0.05
 # ...and whatever the validation data says, a top class under this is never presented as sure.
 MIN_CONFIDENCE = 0.5
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")  # field framing: the cell in the image
 
 
 class InputError(ValueError):
@@ -120,8 +121,22 @@ def _read_one(path: Path) -> tuple[str, bytes | InputError]:
         return str(path), InputError(f"{path}: cannot be read ({exc.strerror or exc})")
 
 
+# "field": find the white cells in a smear field and classify each (bloodviz.localise)
+Framing = Literal["cell", "full", "field"]
+
+
 def default_framing(image: Image.Image, ckpt: Checkpoint) -> Framing:
-    """'full' for a whole microscope field where the dataset crops one (PBC: 360x363)."""
+    """'field' for an image the size of a smear field (shorter side >= 400 px, BCCD: 640x480)
+    given to a white-cell model; 'full' for a PBC-sized image where the dataset crops its
+    centre (360x363); else 'cell'."""
+    from bloodviz.localise import CELL_SHARE, FIELD_MIN_SIDE
+
+    if ckpt.dataset in CELL_SHARE and min(image.size) >= FIELD_MIN_SIDE:
+        return "field"
+    return _crop_framing(image, ckpt)
+
+
+def _crop_framing(image: Image.Image, ckpt: Checkpoint) -> Framing:
     prep = ckpt.preprocessing
     if prep.field_crop_fraction < 1.0 and min(image.size) >= 300:
         return "full"
@@ -233,6 +248,8 @@ class ImageResult:
     ood: dict = field(default_factory=dict)  # model -> (score, threshold), where fitted
     ensemble: np.ndarray | None = None
     cell: np.ndarray | None = None  # the prepared cell the first model saw
+    box: tuple[int, int, int, int] | None = None  # field framing: the cell's box in the image
+    field_image: np.ndarray | None = None  # field framing: the whole image (its cells share it)
 
     def flagged(self, model: str) -> bool | None:
         """Whether ``model``'s OOD score is over its threshold (None where no detector is
@@ -262,47 +279,103 @@ def classify(
     thresholds = {c.name: confidence_threshold(c) for c in checkpoints}
     results = []
     for name, data in files:
-        result = ImageResult(name)
         try:
             if isinstance(data, InputError):
                 raise data
             image = read_image(data, name)
         except InputError as exc:
-            result.error = str(exc)
-            results.append(result)
+            results.append(ImageResult(name, error=str(exc)))
             continue
-        for ckpt in checkpoints:
-            chosen = framing or default_framing(image, ckpt)
-            result.framing = chosen
-            cell = ckpt.preprocessing.prepare(image, chosen)
-            if result.cell is None:
-                result.cell = cell
-            runner = runners[ckpt.name]
-            probs, scores = runner.predict(cell[None])
-            probs = probs[0]
-            result.per_model[ckpt.name] = probs
-            notes = []
-            if scores is not None:
-                threshold = runner.detector.threshold
-                result.ood[ckpt.name] = (float(scores[0]), threshold)
-                if scores[0] > threshold:
-                    notes.append(
-                        f"unlike the training data: its features' OOD score {scores[0]:.3g} is "
-                        f"above {threshold:.3g}, which 95% of validation cells stay under; do "
-                        "not trust this prediction"
-                    )
-            if probs.max() < thresholds[ckpt.name]:
-                notes.append(
-                    f"low confidence ({probs.max():.0%}, below what 95% of validation images "
-                    f"reach: {thresholds[ckpt.name]:.0%}); the image may be unlike the "
-                    "training data"
+        results.extend(_classify_image(name, image, checkpoints, runners, thresholds, framing))
+    return results
+
+
+def _classify_image(name, image, checkpoints, runners, thresholds, framing) -> list[ImageResult]:
+    """One result for a cell image; one per white cell found for a field."""
+    chosen = {c.name: framing or default_framing(image, c) for c in checkpoints}
+    if "field" not in chosen.values():
+        return [_classify_crop(name, image, checkpoints, runners, thresholds, chosen)]
+
+    from bloodviz.localise import CELL_SHARE, crop_cell, find_white_cells
+
+    wrong = [c for c in checkpoints if c.dataset not in CELL_SHARE]
+    if wrong:
+        return [
+            ImageResult(
+                name,
+                error=f"{name}: field framing finds white cells; {wrong[0].dataset_key} "
+                "models do not classify white cells",
+            )
+        ]
+    rgb = np.asarray(to_rgb(image))
+    boxes = find_white_cells(rgb)
+    if not boxes:
+        if framing == "field":  # asked for: say so rather than guess
+            return [
+                ImageResult(
+                    name,
+                    framing="field",
+                    error=f"{name}: no white cell found in the field (the localiser looks for "
+                    "a large nucleus stained blue-purple, at BCCD's magnification)",
                 )
-            elif probs.max() < MIN_CONFIDENCE:
-                notes.append(f"low confidence ({probs.max():.0%}): no class is likely")
-            result.warnings[ckpt.name] = notes
+            ]
+        # chosen by size only: classify the image as its crop framing would
+        fallback = {c.name: _crop_framing(image, c) for c in checkpoints}
+        results = [_classify_crop(name, image, checkpoints, runners, thresholds, fallback)]
+        for ckpt in checkpoints:
+            note = (
+                f"no white cell found in this field-sized image: framed as '{fallback[ckpt.name]}'"
+            )
+            results[0].warnings.setdefault(ckpt.name, []).insert(0, note)
+        return results
+    results = []
+    for number, box in enumerate(boxes, start=1):
+        corners = tuple(int(round(v)) for v in box.corners)
+        result = ImageResult(f"{name} #cell{number}", framing="field", box=corners, field_image=rgb)
+        for ckpt in checkpoints:
+            crop = crop_cell(rgb, box, CELL_SHARE[ckpt.dataset])
+            cell = ckpt.preprocessing.prepare(Image.fromarray(crop), "cell")
+            _predict_cell(result, cell, ckpt, runners[ckpt.name], thresholds[ckpt.name])
         result.ensemble = np.mean(list(result.per_model.values()), axis=0)
         results.append(result)
     return results
+
+
+def _classify_crop(name, image, checkpoints, runners, thresholds, chosen) -> ImageResult:
+    """The image as one cell, framed for each checkpoint as ``chosen`` says."""
+    result = ImageResult(name)
+    for ckpt in checkpoints:
+        result.framing = chosen[ckpt.name]
+        cell = ckpt.preprocessing.prepare(image, chosen[ckpt.name])
+        _predict_cell(result, cell, ckpt, runners[ckpt.name], thresholds[ckpt.name])
+    result.ensemble = np.mean(list(result.per_model.values()), axis=0)
+    return result
+
+
+def _predict_cell(result: ImageResult, cell, ckpt, runner, confidence: float) -> None:
+    """One model's prediction of one prepared cell, with its warnings, into ``result``."""
+    if result.cell is None:
+        result.cell = cell
+    probs, scores = runner.predict(cell[None])
+    probs = probs[0]
+    result.per_model[ckpt.name] = probs
+    notes = result.warnings.setdefault(ckpt.name, [])
+    if scores is not None:
+        threshold = runner.detector.threshold
+        result.ood[ckpt.name] = (float(scores[0]), threshold)
+        if scores[0] > threshold:
+            notes.append(
+                f"unlike the training data: its features' OOD score {scores[0]:.3g} is "
+                f"above {threshold:.3g}, which 95% of validation cells stay under; do "
+                "not trust this prediction"
+            )
+    if probs.max() < confidence:
+        notes.append(
+            f"low confidence ({probs.max():.0%}, below what 95% of validation images "
+            f"reach: {confidence:.0%}); the image may be unlike the training data"
+        )
+    elif probs.max() < MIN_CONFIDENCE:
+        notes.append(f"low confidence ({probs.max():.0%}): no class is likely")
 
 
 def result_rows(
@@ -329,9 +402,12 @@ def result_rows(
             ood_score = round(r.ood[model][0], 3) if model in r.ood else ""
             withheld = abstain and flagged is True
             flagged = "" if flagged is None else flagged
+            box = r.box or ("", "", "", "")
             row = {
                 "path": r.name,
                 "model": model,
+                "framing": r.framing or "",
+                **dict(zip(BOX_COLUMNS, box)),
                 "predicted": "" if withheld else class_names[top],
                 "probability": round(float(probs[top]), 6),
                 "ood_score": ood_score,
@@ -354,6 +430,8 @@ def write_csv(path: Path, rows: list[dict], class_names: tuple[str, ...]) -> Non
         "ood_score",
         "flagged",
         "abstained",
+        "framing",
+        *BOX_COLUMNS,
         "error",
     ]
     with open(path, "w", newline="") as handle:

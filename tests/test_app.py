@@ -92,6 +92,23 @@ def test_upload_page_classifies_real_images_and_reports_bad_ones(monkeypatch, st
     assert any("framing: cell" in c.value for c in app.caption)
 
 
+def test_upload_page_finds_and_boxes_the_white_cells_of_a_smear_field(
+    monkeypatch, store, data_root
+):
+    app = _app(monkeypatch, store).run()
+    _dataset_box(app).set_value("blood-cells-64").run()
+    app.switch_page("app_pages/upload.py").run()
+    field = data_root / "blood-cells" / "dataset-master" / "JPEGImages" / "BloodImage_00001.jpg"
+    app.file_uploader[0].set_value([("field.jpg", field.read_bytes(), "image/jpeg")]).run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert table["path"].str.startswith("field.jpg #cell").all()
+    assert {"box_x0", "box_y0", "box_x1", "box_y1"} <= set(table.columns)
+    captions = [c for image in app.get("image") for c in image.captions]
+    assert any("white cell(s) found" in c for c in captions), captions
+    assert any(c.value.startswith("framing: field, box") for c in app.caption)
+
+
 def test_page_and_cli_agree_on_the_same_image(monkeypatch, store, data_root, tmp_path):
     import pandas as pd
 
