@@ -84,6 +84,8 @@ with st.spinner(f"Classifying {len(inputs)} image(s)…"):
 
 rows = result_rows(results, classes)
 table = pd.DataFrame(rows)
+if not any(r.box for r in results):  # no field framed: the box columns would stay empty
+    table = table.drop(columns=["box_x0", "box_y0", "box_x1", "box_y1"], errors="ignore")
 if truth:
     table.insert(1, "true class", table["path"].map(truth))
 st.subheader("Results")

@@ -406,13 +406,13 @@ def result_rows(
             row = {
                 "path": r.name,
                 "model": model,
-                "framing": r.framing or "",
-                **dict(zip(BOX_COLUMNS, box)),
                 "predicted": "" if withheld else class_names[top],
                 "probability": round(float(probs[top]), 6),
                 "ood_score": ood_score,
                 "flagged": flagged,
                 "abstained": withheld,
+                "framing": r.framing or "",
+                **dict(zip(BOX_COLUMNS, box)),
                 "error": "",
             }
             row.update({f"p_{c}": round(float(p), 6) for c, p in zip(class_names, probs)})

@@ -395,3 +395,17 @@ def test_kaggle_twins_on_the_data_page(page, server):
     expect(page.get_by_text("the TEST image's footprint (red)")).to_be_visible()
     _no_exception(page)
     _shot(page, "20-kaggle-twins.png")
+
+
+def test_a_smear_field_upload_boxes_and_classifies_each_white_cell(page, server, data_root):
+    """A real BCCD field (640x480: a monocyte and a lymphocyte) on the blood-cells models:
+    the field is shown with its boxes, and each cell gets its own result."""
+    field = data_root / "blood-cells" / "dataset-master" / "JPEGImages" / "BloodImage_00176.jpg"
+    page.goto(server + "/upload?dataset=blood-cells-64")
+    expect(page.get_by_role("heading", name="Upload and classify")).to_be_visible()
+    page.locator("input[type=file]").first.set_input_files(str(field))
+    expect(page.get_by_text("white cell(s) found").first).to_be_visible()
+    expect(page.get_by_text("framing: field, box").first).to_be_visible()
+    expect(page.get_by_role("heading", name="BloodImage_00176.jpg #cell1")).to_be_visible()
+    _no_exception(page)
+    _shot(page, "21-field-upload-boxes.png")
