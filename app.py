@@ -19,6 +19,7 @@ navigation = st.navigation(
             page("report.py", "Model report", "analytics"),
             page("head_to_head.py", "Head-to-head", "compare_arrows"),
             page("studies.py", "Studies vs bloodviz", "menu_book"),
+            page("generalisation.py", "Generalisation", "travel_explore"),
         ],
         "Inspect": [
             page("gradcam.py", "Grad-CAM explorer", "local_fire_department"),

@@ -292,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--checkpoints", type=Path, default=None)
 
+    p = sub.add_parser(
+        "generalise",
+        help="score white-cell models on the other dataset's cells of the shared classes",
+    )
+    _add_data_args(p)
+    p.add_argument(
+        "--models", nargs="+", default=["all"], help="model names, or all (those with weights)"
+    )
+    p.add_argument("--reuse", action="store_true", help="print stored results, run none")
+    p.add_argument("--checkpoints", type=Path, default=None)
+
     p = sub.add_parser("zoo", help="every model: study, parameters, reported vs reproduced")
     p.add_argument("--json", action="store_true")
     p.add_argument("--checkpoints", type=Path, default=None)
@@ -357,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             return _twins(args)
         if args.command == "localise":
             return _localise(args)
+        if args.command == "generalise":
+            return _generalise(args, command_line)
         if args.command == "zoo":
             from bloodviz.zoo import format_zoo, zoo_rows
 
@@ -384,6 +397,26 @@ def _blood_cells_root(data_root) -> Path:
 
     root = resolve_data_root(data_root)
     return root / "blood-cells" if (root / "blood-cells").is_dir() else root
+
+
+def _generalise(args, command_line: str) -> int:
+    from bloodviz import generalise
+    from bloodviz.checkpoints import find_checkpoint, list_checkpoints
+
+    if args.models == ["all"]:
+        key = f"{args.dataset}-{args.size or 64}"
+        ckpts = [c for c in list_checkpoints(args.checkpoints, key) if c.has_weights]
+    else:
+        ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.models]
+    results = []
+    for ckpt in ckpts:
+        found = generalise.stored(ckpt) if args.reuse else None
+        results.append(
+            found
+            or generalise.cross_dataset(ckpt, args.data_root, progress=True, command=command_line)
+        )
+    print(generalise.format_table([r for r in results if r]))
+    return 0
 
 
 def _localise(args) -> int:

@@ -538,3 +538,26 @@ def reported_vs_reproduced(table: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title="reported by the study (%)")
     fig.update_yaxes(title="reproduced by bloodviz (%)")
     return _style(fig, "Studies vs bloodviz (above the line: we did better)")
+
+
+def generalisation_bars(rows: pd.DataFrame) -> go.Figure:
+    """Balanced accuracy of each model on its own test cells and on the other dataset's, as-is
+    and restricted to the shared classes (rows: :func:`bloodviz.generalise.table_rows`)."""
+    long = rows.melt(
+        id_vars=["model", "evaluated on"],
+        value_vars=["balanced (as-is)", "balanced (restricted)"],
+        var_name="call",
+        value_name="balanced accuracy",
+    )
+    long["set"] = long["evaluated on"] + ", " + long["call"].str.extract(r"\((.*)\)")[0]
+    fig = px.bar(
+        long,
+        x="model",
+        y="balanced accuracy",
+        color="set",
+        barmode="group",
+        color_discrete_sequence=PALETTE,
+    )
+    fig.add_hline(y=0.25, line_dash="dot", line_color="#888", annotation_text="chance (4 classes)")
+    fig.update_yaxes(range=[0, 1.02])
+    return _style(fig, "Balanced accuracy on the shared classes: own cells vs the other lab's")

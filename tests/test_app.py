@@ -171,7 +171,9 @@ def test_comparison_pages_never_import_torch():
     import subprocess
     import sys
 
-    pages = [f"app_pages/{p}.py" for p in ("report", "head_to_head", "studies", "data")]
+    pages = [
+        f"app_pages/{p}.py" for p in ("report", "head_to_head", "studies", "generalisation", "data")
+    ]
     pages.append("app_pages/checkpoints.py")
     result = subprocess.run(
         [sys.executable, "-c", LIGHT_PAGES_SCRIPT, str(REPO / "app.py"), *pages],

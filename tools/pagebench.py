@@ -37,6 +37,7 @@ COMPARISON_PAGES = [
     ("Model report", "Model report"),
     ("Head-to-head", "Head-to-head"),
     ("Studies vs bloodviz", "Studies vs bloodviz"),
+    ("Generalisation", "Generalisation"),
     ("Data", "Data"),
     ("Checkpoints and provenance", "bloodviz: shipped checkpoints"),
 ]
