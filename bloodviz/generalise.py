@@ -112,6 +112,8 @@ def cross_dataset(ckpt, data_root=None, *, progress: bool = True, command: str =
     result.update(
         {
             "classes": list(SHARED_CLASSES),
+            # which training run these weights came from: a result never outlives them
+            "run_finished_at": ckpt.run.finished_at,
             "backend": runner.backend,
             "command": command,
             "seconds": round(time.perf_counter() - tick, 1),
@@ -127,12 +129,16 @@ def cross_dataset(ckpt, data_root=None, *, progress: bool = True, command: str =
 
 
 def stored(ckpt) -> dict | None:
-    """A checkpoint's ``generalisation.json``, or None."""
+    """A checkpoint's ``generalisation.json``, or None (also where it was measured on other
+    weights than the checkpoint's own)."""
     path = ckpt.path / RESULT_FILE
     try:
-        return json.loads(path.read_text()) if path.exists() else None
+        found = json.loads(path.read_text()) if path.exists() else None
     except (OSError, ValueError):
         return None
+    if found and found.get("run_finished_at", ckpt.run.finished_at) != ckpt.run.finished_at:
+        return None
+    return found
 
 
 def table_rows(results: list[dict]) -> list[dict]:
