@@ -852,12 +852,17 @@ def _gradcam(args) -> int:
         from bloodviz.preprocess import to_rgb
 
         if ckpt.dataset not in CELL_SHARE:
-            raise ValueError(f"field framing finds white cells; {ckpt.dataset_key} does not")
+            raise ValueError(
+                f"field framing finds white cells; {ckpt.dataset_key} models classify others"
+            )
         rgb = np.asarray(to_rgb(image))
         boxes = find_white_cells(rgb)
         if not boxes:
             raise ValueError(f"{args.image}: no white cell found in the field")
-        print(f"{args.image}: the largest of {len(boxes)} white cell(s), box {boxes[0].corners}")
+        print(
+            f"{args.image}: the largest of {len(boxes)} white cell(s), box "
+            f"{tuple(round(float(v)) for v in boxes[0].corners)}"
+        )
         image = Image.fromarray(crop_cell(rgb, boxes[0], CELL_SHARE[ckpt.dataset]))
         framing = "cell"
     cell = ckpt.preprocessing.prepare(image, framing)

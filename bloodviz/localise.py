@@ -81,7 +81,9 @@ def find_white_cells(rgb: np.ndarray) -> list[Box]:
     for x, y, w, h, area in stats[1:count]:
         if area < min_area:
             continue
-        cx, cy, half = x + w / 2, y + h / 2, max(w, h) * CELL_OVER_NUCLEUS / 2
+        # plain floats: OpenCV's stats are numpy integers, which would leak into printouts
+        cx, cy = float(x + w / 2), float(y + h / 2)
+        half = float(max(w, h) * CELL_OVER_NUCLEUS / 2)
         boxes.append(
             Box(
                 max(0.0, cx - half),
