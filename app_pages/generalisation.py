@@ -16,8 +16,9 @@ st.caption(
 if not ckpts or ckpts[0].dataset not in generalise.OTHER_DATASET:
     st.info("Choose pbc-64 or blood-cells-64 models in the sidebar: they share four classes.")
     st.stop()
-results = [r for r in (generalise.stored(c) for c in ckpts) if r]
-missing = [c.name for c in ckpts if generalise.stored(c) is None]
+found = {c.name: generalise.stored(c) for c in ckpts}
+results = [r for r in found.values() if r]
+missing = [name for name, r in found.items() if r is None]
 if missing:
     st.info(
         f"Not measured yet for {', '.join(missing)}: `python -m bloodviz generalise --dataset "

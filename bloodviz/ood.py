@@ -99,16 +99,12 @@ def _run_order(model, size: int, keep) -> list[str]:
 def pooled_statistics(activations):
     """Per-channel mean and standard deviation over the image of an NCHW tensor (N x 2C).
     Written out (no ``std``) so the ONNX export is the same arithmetic."""
+    import torch
+
     flat = activations.flatten(2)
     mean = flat.mean(dim=2)
     spread = ((flat - mean.unsqueeze(2)) ** 2).mean(dim=2).clamp_min(0).sqrt()
-    return _cat(mean, spread)
-
-
-def _cat(*tensors):
-    import torch
-
-    return torch.cat(tensors, dim=1)
+    return torch.cat([mean, spread], dim=1)
 
 
 class _StemOnly(Exception):

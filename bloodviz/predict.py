@@ -165,6 +165,7 @@ class Runner:
         self._session = None
         self._model = None
         self._layers: dict[str, str] | None = None
+        self._parts: list[str | None] | None = None
         self._lock = threading.Lock()  # a feature hook on a shared PyTorch model: one pass
         bench = ckpt.bench() or {}
         from bloodviz.imports import imported_onnx_file
@@ -193,6 +194,17 @@ class Runner:
 
                 self._layers = detector_layers_of(self.detector)
 
+    @property
+    def _output_parts(self) -> list[str | None]:
+        """The OOD part each ONNX output carries, in order (None for the logits): the export
+        names them "features" (head) and "stem". Read once per session."""
+        if self._parts is None:
+            from bloodviz.ood import HEAD, STEM
+
+            names = {"features": HEAD, STEM: STEM}
+            self._parts = [names.get(o.name) for o in self._session.get_outputs()]
+        return self._parts
+
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and, where the checkpoint has a fitted detector, OOD scores: one
         pass through the network for both."""
@@ -209,8 +221,6 @@ class Runner:
                 )
             probs = softmax(logits)
         else:
-            from bloodviz.ood import HEAD, STEM
-
             outputs = self._session.run(None, {self._input: prep.to_array(images)})
             if self._outputs == "logits":
                 probs = softmax(outputs[0])
@@ -218,10 +228,7 @@ class Runner:
                 from bloodviz.imports import as_probabilities
 
                 probs = as_probabilities(outputs[0], self._outputs)
-            # the export names its extra outputs: "features" (head) and "stem"
-            names = [o.name for o in self._session.get_outputs()]
-            parts = {"features": HEAD, STEM: STEM}
-            features = {parts[n]: v for n, v in zip(names, outputs) if n in parts}
+            features = {part: value for part, value in zip(self._output_parts, outputs) if part}
         if self.detector is None or not set(self.detector.parts) <= set(features):
             return probs, None
         return probs, self.detector.score(features)
