@@ -43,11 +43,13 @@ class CheckpointError(ValueError):
 PRETRAINED_SUFFIX = "@imagenet"
 
 
-def checkpoint_name(model: str, pretrained: bool = False) -> str:
-    """Folder name of a checkpoint: a pretrained run sits beside the from-scratch one; a timm
+def checkpoint_name(model: str, pretrained: bool = False, variant: str | None = None) -> str:
+    """Folder name of a checkpoint: a pretrained run sits beside the from-scratch one, and so
+    does a variant (``cnn002_bn-robust``: trained for stain and scale robustness); a timm
     architecture brought by name (``timm:convnext_atto``) is ``timm-convnext_atto`` (no colon in
     paths or addresses)."""
-    return model.replace(":", "-") + (PRETRAINED_SUFFIX if pretrained else "")
+    name = model.replace(":", "-") + (PRETRAINED_SUFFIX if pretrained else "")
+    return f"{name}-{variant}" if variant else name
 
 
 def checkpoint_dir(dataset_key: str, model: str, root: Path | None = None) -> Path:
@@ -241,7 +243,7 @@ class Checkpoint:
     @property
     def name(self) -> str:
         """The model name, with ``@imagenet`` for an ImageNet-pretrained run."""
-        return checkpoint_name(self.model, self.run.pretrained)
+        return checkpoint_name(self.model, self.run.pretrained, self.run.config.get("variant"))
 
     @property
     def dataset_key(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodviz.paths import DataNotFoundError
+from bloodviz.stain import RobustAugment
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,35 @@ TRAINING_SETTINGS = (
     "time_budget",
     "precision",
     "device",
+    "robust_augment",
+    "stain_normalise",
+    "variant",
 )
+
+
+def _robust_settings(text: str) -> dict:
+    """``scale=0.9:1.9,shift=0.05`` -> RobustAugment's settings with those changed."""
+    settings = RobustAugment().to_dict()
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in settings or not value:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected NAME=VALUE with NAME one of {', '.join(settings)}"
+            )
+        try:
+            numbers = [float(v) for v in value.split(":")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {value!r} is not a number") from None
+        if key == "scale":
+            if len(numbers) != 2 or not 0 < numbers[0] <= numbers[1]:
+                raise argparse.ArgumentTypeError(f"{part!r}: scale is LOW:HIGH, 0 < LOW <= HIGH")
+            settings[key] = numbers
+        elif len(numbers) != 1 or numbers[0] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: {key} is one number >= 0")
+        else:
+            settings[key] = numbers[0]
+    return settings
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -51,6 +80,35 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, help="early stopping, in epochs (8)")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument(
+        "--robust-augment",
+        nargs="?",
+        type=_robust_settings,
+        const=RobustAugment().to_dict(),
+        default=None,
+        metavar="SETTINGS",
+        help="stain and scale robustness: random scale, shift, any angle, stain (HED), hue, "
+        "saturation and resolution jitter instead of flips and turns (#16); optionally "
+        "changed, e.g. 'scale=0.9:1.9,shift=0.05' (defaults: "
+        + ",".join(
+            f"{k}={':'.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in RobustAugment().to_dict().items()
+        )
+        + ")",
+    )
+    p.add_argument(
+        "--stain-normalise",
+        choices=["reinhard"],
+        default=None,
+        help="Reinhard colour transfer to the training cells' statistics, in training and at "
+        "inference (stored in the checkpoint's preprocessing)",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="name the checkpoint <model>-<variant> beside the plain one (default with the two "
+        "options above: robust, reinhard or robust-reinhard)",
+    )
     p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
     p.add_argument(
         "--train-subset",

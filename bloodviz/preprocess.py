@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +68,9 @@ class Preprocessing:
     ``square``: how a non-square cell becomes square: ``crop`` its centre (the white-cell sets,
     whose crops have room around the cell) or ``stretch`` it whole (NIH's malaria cells are cut
     to the red cell's outline, so a centre crop would cut parasites at the rim off).
+
+    ``stain``: a stain normalisation (:class:`bloodviz.stain.StainNormaliser`'s settings) the
+    photometric part applies first, as training did to every batch; None: none.
     """
 
     size: int
@@ -78,6 +82,7 @@ class Preprocessing:
     field_resize: int | None = None
     square: str = "crop"
     description: str = ""
+    stain: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -107,10 +112,23 @@ class Preprocessing:
             image = image.resize((self.size, self.size), self._resample())
         return np.asarray(image, dtype=np.uint8)
 
+    @cached_property
+    def _stain_normaliser(self):
+        from bloodviz.stain import StainNormaliser
+
+        return StainNormaliser.from_dict(self.stain)
+
+    def normalise_stain(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """The stain normalisation this checkpoint was trained with (uint8 in and out); the
+        batch itself where there is none."""
+        if not self.stain:
+            return batch_uint8
+        return self._stain_normaliser(np.asarray(batch_uint8))
+
     def to_array(self, batch_uint8: np.ndarray) -> np.ndarray:
         """Photometric part in numpy: uint8 NHWC (or one HWC image) to float32 NCHW, the input
         of an ONNX session (no torch needed)."""
-        batch = np.asarray(batch_uint8)
+        batch = self.normalise_stain(np.asarray(batch_uint8))
         if batch.ndim == 3:
             batch = batch[None]
         batch = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
@@ -122,6 +140,10 @@ class Preprocessing:
         """Photometric part: uint8 NHWC (numpy or torch) to a float32 NCHW torch tensor."""
         import torch
 
+        if self.stain:
+            if not isinstance(batch_uint8, np.ndarray):
+                batch_uint8 = batch_uint8.cpu().numpy()
+            batch_uint8 = self.normalise_stain(batch_uint8)
         if isinstance(batch_uint8, np.ndarray) and not batch_uint8.flags.writeable:
             batch_uint8 = batch_uint8.copy()  # torch warns on read-only numpy buffers
         batch = torch.as_tensor(batch_uint8)
@@ -134,6 +156,8 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        if not data["stain"]:
+            data.pop("stain")  # only where it applies, as the files have always been written
         data["class_names"] = list(self.class_names)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)

@@ -39,6 +39,19 @@ class TrainConfig:
     time_budget: str | None = None
     precision: str = "auto"
     device: str = "auto"
+    # stain and scale robustness (#16): RobustAugment's settings instead of the plain
+    # flips/turns; a stain normalisation ("reinhard") applied to every image, in training and
+    # at inference; and the name the checkpoint gets beside the plain one ("robust")
+    robust_augment: dict | None = None
+    stain_normalise: str | None = None
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant is None and (self.robust_augment is not None or self.stain_normalise):
+            # a robust run never overwrites the plain checkpoint of the same model
+            parts = ["robust"] if self.robust_augment is not None else []
+            parts += [self.stain_normalise] if self.stain_normalise else []
+            self.variant = "-".join(parts)
 
     @classmethod
     def for_model(cls, model: str, dataset: str, **settings) -> TrainConfig:
@@ -48,6 +61,12 @@ class TrainConfig:
         chosen = {**model_info(model).recipe}
         chosen.update({k: v for k, v in settings.items() if v is not None})
         return cls(model=model, dataset=dataset, **chosen)
+
+    @property
+    def checkpoint_name(self) -> str:
+        from bloodviz.checkpoints import checkpoint_name
+
+        return checkpoint_name(self.model, self.pretrained, self.variant)
 
     @property
     def train_limit(self) -> int | None:

@@ -28,7 +28,6 @@ from bloodviz.checkpoints import (
     CheckpointError,
     Predictions,
     checkpoint_dir,
-    checkpoint_name,
     find_checkpoint,
     write_checkpoint,
 )
@@ -150,7 +149,7 @@ def fit_feature_svm(
         )
     metrics = summarise(predictions, config.seed)
     n_support = support_vectors(svm)
-    name = checkpoint_name(config.model, config.pretrained)
+    name = config.checkpoint_name
     out_dir = checkpoint_dir(dataset.key, name, checkpoints)
     refit = (
         f"python -m bloodviz train --model {config.model} --dataset {dataset.name} "

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from bloodviz.checkpoints import (
     CheckpointError,
     checkpoint_dir,
-    checkpoint_name,
     find_checkpoint,
     write_atomic,
 )
@@ -38,7 +37,7 @@ EXPECTED_FAILURES = (ValueError, RuntimeError, NotImplementedError, OSError)
 def is_up_to_date(config: TrainConfig, checkpoints: Path | None = None) -> bool:
     """A checkpoint is up to date if it was trained with settings a resume would accept."""
     try:
-        name = checkpoint_name(config.model, config.pretrained)
+        name = config.checkpoint_name
         ckpt = find_checkpoint(config.dataset, name, config.size, checkpoints)
     except CheckpointError:
         return False

@@ -37,7 +37,6 @@ from bloodviz.checkpoints import (
     WEIGHTS,
     Predictions,
     checkpoint_dir,
-    checkpoint_name,
     write_checkpoint,
 )
 from bloodviz.data import BloodDataset, SplitArrays, get_dataset
@@ -230,7 +229,7 @@ def start_run(
     dataset = get_dataset(config.dataset, size, data_root)
     config.size = dataset.size
     device = pick_device(config.device)
-    name = checkpoint_name(config.model, config.pretrained)
+    name = config.checkpoint_name
     run_dir = Path(runs or runs_root()) / dataset.key / name
     state_path = run_dir / "state.pt"
     if fresh and state_path.exists():
@@ -297,7 +296,7 @@ def start_run(
     training_run = TrainingRun(
         config=config,
         dataset=dataset,
-        prep=dataset.preprocessing(),
+        prep=_run_preprocessing(config, dataset, train_data),
         train_data=train_data,
         val_data=val_data,
         model=model,
@@ -317,6 +316,39 @@ def start_run(
         training_run.started_at = saved["started_at"]
         training_run.wall_before = saved["wall_s"]
     return training_run
+
+
+def _run_preprocessing(config: TrainConfig, dataset: BloodDataset, train_data) -> Preprocessing:
+    """The dataset's preprocessing, with the run's stain normalisation fitted on (a seeded
+    sample of) its training cells: the same every time, so a resumed run keeps it."""
+    prep = dataset.preprocessing()
+    if not config.stain_normalise:
+        return prep
+    if config.stain_normalise != "reinhard":
+        raise ValueError(f"stain normalisation must be 'reinhard', not {config.stain_normalise!r}")
+    from dataclasses import replace
+
+    from bloodviz.stain import StainNormaliser
+
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(len(train_data), size=min(2000, len(train_data)), replace=False)
+    target = StainNormaliser.fit(train_data.images[np.sort(sample)])
+    return replace(prep, stain=target.to_dict())
+
+
+def _augment_batch(run: TrainingRun, batch: torch.Tensor, generator: torch.Generator):
+    """A uint8 NHWC training batch as the network sees it: stain-normalised where the run
+    does that, then augmented; float NCHW in [0, 255]."""
+    config = run.config
+    if run.prep.stain:
+        batch = torch.from_numpy(run.prep.normalise_stain(batch.numpy()))
+    if config.robust_augment is not None:
+        from bloodviz.stain import RobustAugment, robust_augment
+
+        settings = RobustAugment.from_dict(config.robust_augment)
+        return robust_augment(batch.permute(0, 3, 1, 2).float(), generator, settings)
+    x = _augment(batch, generator) if config.augment else batch.float()
+    return x.permute(0, 3, 1, 2)
 
 
 def plan_epochs(
@@ -351,8 +383,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: bool, log) -> dict:
     for step in bar:
         idx = order[step * config.batch_size : (step + 1) * config.batch_size]
         batch = images[idx]
-        x = _augment(batch, generator) if config.augment else batch.float()
-        x = x.permute(0, 3, 1, 2).to(device)
+        x = _augment_batch(run, batch, generator).to(device)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
