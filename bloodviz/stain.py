@@ -20,7 +20,7 @@ crop, a Kaggle cell 40%) and where the cell sits (Kaggle's crops are shifted and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -56,14 +56,7 @@ class RobustAugment:
     lowres: float = 0.5
 
     def to_dict(self) -> dict:
-        return {
-            "scale": list(self.scale),
-            "shift": self.shift,
-            "stain": self.stain,
-            "hue": self.hue,
-            "saturation": self.saturation,
-            "lowres": self.lowres,
-        }
+        return {**asdict(self), "scale": list(self.scale)}
 
     @classmethod
     def from_dict(cls, data: dict) -> RobustAugment:

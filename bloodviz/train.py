@@ -293,10 +293,15 @@ def start_run(
         f"device {device}, precision {precision}"
         + (f" (probe, train img/s: {probe})" if probe else "")
     )
+    prep = _run_preprocessing(config, dataset, train_data)
+    if prep.stain:  # the same for an image every epoch: normalised once, not per batch
+        train_data = SplitArrays(
+            train_data.ids, prep.normalise_stain(train_data.images), train_data.labels
+        )
     training_run = TrainingRun(
         config=config,
         dataset=dataset,
-        prep=_run_preprocessing(config, dataset, train_data),
+        prep=prep,
         train_data=train_data,
         val_data=val_data,
         model=model,
@@ -337,11 +342,9 @@ def _run_preprocessing(config: TrainConfig, dataset: BloodDataset, train_data) -
 
 
 def _augment_batch(run: TrainingRun, batch: torch.Tensor, generator: torch.Generator):
-    """A uint8 NHWC training batch as the network sees it: stain-normalised where the run
-    does that, then augmented; float NCHW in [0, 255]."""
+    """A uint8 NHWC training batch (already stain-normalised where the run does that, in
+    :func:`start_run`) augmented as the network sees it; float NCHW in [0, 255]."""
     config = run.config
-    if run.prep.stain:
-        batch = torch.from_numpy(run.prep.normalise_stain(batch.numpy()))
     if config.robust_augment is not None:
         from bloodviz.stain import RobustAugment, robust_augment
 
