@@ -11,7 +11,11 @@ st.caption(
     "(eosinophil, lymphocyte, monocyte, neutrophil), beside its own test cells of those "
     "classes. *As-is*: the model's own call (a PBC model may answer platelet); *restricted*: "
     "the call among the four shared classes. Balanced accuracy is the mean per-class recall "
-    "(TEST_SIMPLE is two-thirds neutrophils); chance is 25%. Intervals: bootstrap over cells."
+    "(TEST_SIMPLE is two-thirds neutrophils); chance is 25%. Intervals: bootstrap over cells. "
+    "*BCCD fields (localised)*: whole smear photographs whose label names one shared class, "
+    "the white cell found and framed by the localiser as an upload would be (a field where "
+    "none is found counts as wrong); a blood-cells model is scored on the fields whose region "
+    "gave none of its training images only."
 )
 if not ckpts or ckpts[0].dataset not in generalise.OTHER_DATASET:
     st.info("Choose pbc-64 or blood-cells-64 models in the sidebar: they share four classes.")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodviz.paths import DataNotFoundError
+from bloodviz.paths import DataNotFoundError, blood_cells_root
 from bloodviz.stain import RobustAugment
 
 
@@ -41,6 +41,7 @@ TRAINING_SETTINGS = (
     "robust_augment",
     "stain_normalise",
     "variant",
+    "init_from",
 )
 
 
@@ -108,6 +109,13 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="name the checkpoint <model>-<variant> beside the plain one (default with the two "
         "options above: robust, reinhard or robust-reinhard)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from the weights of this checkpoint of the same model, dataset "
+        "and size (e.g. --init-from inception_eff3 for a robust variant of the plain run)",
     )
     p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
     p.add_argument(
@@ -448,15 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _blood_cells_root(data_root) -> Path:
-    """The blood-cells folder under the data root (or the root itself), so the Kaggle and BCCD
-    folders are searched there and not through every other dataset."""
-    from bloodviz.paths import resolve_data_root
-
-    root = resolve_data_root(data_root)
-    return root / "blood-cells" if (root / "blood-cells").is_dir() else root
-
-
 def _generalise(args, command_line: str) -> int:
     from bloodviz import generalise
     from bloodviz.checkpoints import find_checkpoint, list_checkpoints
@@ -466,13 +465,15 @@ def _generalise(args, command_line: str) -> int:
         ckpts = [c for c in list_checkpoints(args.checkpoints, key) if c.has_weights]
     else:
         ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.models]
-    results = []
-    for ckpt in ckpts:
-        found = generalise.stored(ckpt) if args.reuse else None
-        results.append(
-            found
-            or generalise.cross_dataset(ckpt, args.data_root, progress=True, command=command_line)
+    results = {c.name: generalise.stored(c) if args.reuse else None for c in ckpts}
+    to_run = [c for c in ckpts if results[c.name] is None]
+    # the fields are found and framed once for all the models (classify batches them)
+    fields = generalise.bccd_field_calls(to_run, args.data_root) if to_run else None
+    for ckpt in to_run:
+        results[ckpt.name] = generalise.cross_dataset(
+            ckpt, args.data_root, progress=True, command=command_line, fields=fields
         )
+    results = list(results.values())
     print(generalise.format_table([r for r in results if r]))
     return 0
 
@@ -490,7 +491,7 @@ def _localise(args) -> int:
         if not boxes:
             print(f"{path}: no white cell found")
     if args.bench:
-        result = localise.benchmark(_blood_cells_root(args.data_root), args.part)
+        result = localise.benchmark(blood_cells_root(args.data_root), args.part)
         print(
             f"BCCD {result['part']} fields: {result['fields']}, white cells "
             f"{result['white_cells']}, boxes found {result['found']}; at IoU {result['iou']}: "
@@ -509,7 +510,7 @@ def _localise(args) -> int:
                     f"--classify takes DATASET-SIZE:MODEL, e.g. pbc-64:resnet18, not {spec!r}"
                 )
             ckpt = find_checkpoint(dataset, model, int(size), args.checkpoints)
-            rows += localise.field_accuracy([ckpt], _blood_cells_root(args.data_root))
+            rows += localise.field_accuracy([ckpt], blood_cells_root(args.data_root))
         print(localise.format_field_accuracy(rows))
     return 0
 
@@ -521,7 +522,7 @@ def _twins(args) -> int:
     if args.reuse:
         matches = twins.read_sources(out)
     else:
-        matches = twins.match_sources(_blood_cells_root(args.data_root), limit=args.limit)
+        matches = twins.match_sources(blood_cells_root(args.data_root), limit=args.limit)
         twins.write_sources(matches, out)
         print(f"wrote {out}")
     print(twins.format_leakage(twins.leakage_table(matches)))
@@ -540,7 +541,7 @@ def _twins(args) -> int:
                     f"test {test:.4f}  test_dedup {dedup:.4f}"
                 )
     if args.sheet:
-        folder = _blood_cells_root(args.data_root)
+        folder = blood_cells_root(args.data_root)
         print(f"sheet: {twins.contact_sheet(matches, folder, args.sheet, count=args.sheet_count)}")
     return 0
 
@@ -965,7 +966,7 @@ def _checkpoints(args) -> int:
             rows.append(
                 {
                     "dataset": ckpt.dataset_key,
-                    "model": ckpt.model,
+                    "model": ckpt.name,
                     "split": split,
                     "accuracy": m["accuracy"],
                     "macro_f1": m["macro_f1"],
@@ -977,7 +978,7 @@ def _checkpoints(args) -> int:
     else:
         for r in rows:
             print(
-                f"{r['dataset']:16s} {r['model']:16s} {r['split']:12s} "
+                f"{r['dataset']:16s} {r['model']:30s} {r['split']:12s} "
                 f"acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  n={r['n']}"
             )
         if not rows:

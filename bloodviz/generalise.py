@@ -27,6 +27,8 @@ SHARED_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 OTHER_DATASET = {"pbc": "blood-cells", "blood-cells": "pbc"}
 EVALUATED_SPLITS = {"blood-cells": ("test", "test_simple"), "pbc": ("test",)}
 RESULT_FILE = "generalisation.json"
+NO_CELL = "(no cell found)"
+FIELDS_SET = "BCCD fields (localised)"
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, *, classes) -> float:
@@ -51,8 +53,10 @@ def _scores(truth, probs, class_names) -> dict:
     """As-is and restricted calls of ``probs`` against ``truth`` (class names)."""
     names = np.asarray(class_names)
     shared = np.array([c in SHARED_CLASSES for c in class_names])
-    as_is = names[probs.argmax(axis=1)]
-    restricted = names[np.where(shared, probs, -np.inf).argmax(axis=1)]
+    missed = np.isnan(probs).any(axis=1)  # a field where the localiser found no white cell
+    probs = np.nan_to_num(probs, nan=0.0)
+    as_is = np.where(missed, NO_CELL, names[probs.argmax(axis=1)])
+    restricted = np.where(missed, NO_CELL, names[np.where(shared, probs, -np.inf).argmax(axis=1)])
     row = {"n": int(len(truth))}
     for label, calls in (("as_is", as_is), ("restricted", restricted)):
         row[f"balanced_{label}"] = balanced_accuracy(truth, calls, classes=SHARED_CLASSES)
@@ -65,9 +69,13 @@ def _shared_part(names: tuple[str, ...], labels: np.ndarray) -> np.ndarray:
     return np.isin(np.asarray(names)[labels], SHARED_CLASSES)
 
 
-def cross_dataset(ckpt, data_root=None, *, progress: bool = True, command: str = "") -> dict:
-    """Score a white-cell checkpoint on the other dataset's shared-class cells (and on its own
-    test split the same way); stored as ``generalisation.json`` and returned."""
+def cross_dataset(
+    ckpt, data_root=None, *, progress: bool = True, command: str = "", fields=None
+) -> dict:
+    """Score a white-cell checkpoint on the other dataset's shared-class cells, on the labelled
+    BCCD smear fields through the localiser, and on its own test split the same way; stored as
+    ``generalisation.json`` and returned. ``fields``: :func:`bccd_field_calls` already made
+    for several checkpoints at once (else they are made here for this one)."""
     from tqdm.auto import tqdm
 
     from bloodviz.data import get_dataset
@@ -109,6 +117,16 @@ def cross_dataset(ckpt, data_root=None, *, progress: bool = True, command: str =
         truth = np.asarray(data.class_names)[arrays.labels[keep]]
         probs = probabilities(arrays.images[keep])
         result["sets"][f"{other} {other_split}"] = _scores(truth, probs, class_names)
+    if fields is None or ckpt.name not in fields.probs:
+        fields = bccd_field_calls([ckpt], data_root, progress=progress)
+    if fields is not None:
+        keep = np.isin(fields.truth, SHARED_CLASSES)
+        name = FIELDS_SET
+        if ckpt.dataset == "blood-cells":  # it saw crops of many of these fields in training
+            keep &= ~fields.seen
+            name = f"{FIELDS_SET}, unseen"
+        probs = fields.probs[ckpt.name][keep]
+        result["sets"][name] = _scores(fields.truth[keep], probs, class_names)
     result.update(
         {
             "classes": list(SHARED_CLASSES),
@@ -126,6 +144,19 @@ def cross_dataset(ckpt, data_root=None, *, progress: bool = True, command: str =
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, path)
     return result
+
+
+def bccd_field_calls(ckpts, data_root=None, *, progress: bool = True):
+    """The labelled BCCD smear fields, each one's white cell found and framed by the localiser
+    as an upload would be, classified by ``ckpts`` (all of one dataset); None where the
+    fields are not on this machine."""
+    from bloodviz.localise import field_calls
+    from bloodviz.paths import DataNotFoundError, blood_cells_root
+
+    try:
+        return field_calls(ckpts, blood_cells_root(data_root), progress=progress)
+    except DataNotFoundError:
+        return None
 
 
 def stored(ckpt) -> dict | None:

@@ -195,19 +195,24 @@ def benchmark(root: Path, part: str = "odd", progress: bool = True) -> dict:
     }
 
 
-def field_accuracy(ckpts, root: Path, *, progress: bool = True) -> list[dict]:
-    """Field-level accuracy on the BCCD fields whose ``labels.csv`` names one category that
-    the models know: each field's largest white cell, found and cropped as the ``field``
-    framing does, classified by each checkpoint, against the field's category.
+@dataclass(frozen=True)
+class FieldCalls:
+    """Labelled BCCD fields, each one's largest white cell found and classified."""
 
-    The Kaggle blood-cells images were cut from these very fields, so for blood-cells models
-    a field whose smear region has a Kaggle TRAIN image was trained on: those and the unseen
-    ones are reported apart. ``restricted``: the prediction taken among the categories that
-    occur in BCCD's labels only (a PBC model also knows platelets, erythroblasts, IG).
-    Intervals resample whole smear regions (:func:`bloodviz.metrics.grouped_accuracy_ci`)."""
+    numbers: np.ndarray  # field numbers
+    truth: np.ndarray  # the field's category from labels.csv, lower case
+    regions: np.ndarray  # smear region (twins), for grouped intervals
+    seen: np.ndarray  # bool: a Kaggle TRAIN image comes from this field's region
+    probs: dict  # checkpoint name -> (fields, classes) probabilities; NaN rows: no cell found
+    categories: tuple[str, ...]  # the categories kept (those the models know)
+
+
+def field_calls(ckpts, root: Path, *, progress: bool = True) -> FieldCalls:
+    """Every BCCD field whose ``labels.csv`` names one category the models know, its largest
+    white cell found and cropped as the ``field`` framing does, classified by each checkpoint
+    (all of one dataset, so one class list)."""
     from tqdm.auto import tqdm
 
-    from bloodviz.metrics import grouped_accuracy_ci
     from bloodviz.predict import Runner, classify
     from bloodviz.twins import (
         find_bccd_fields,
@@ -226,45 +231,56 @@ def field_accuracy(ckpts, root: Path, *, progress: bool = True) -> list[dict]:
     except (OSError, ValueError):
         region_of, seen_regions = {}, set()
     classes = ckpts[0].preprocessing.class_names
-    present = sorted({c for c in labels.values() if c.lower() in classes})
     fields = [
         (number, category.lower())
         for number, category in sorted(labels.items())
-        if category in present and (folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg").exists()
+        if category.lower() in classes
+        and (folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg").exists()
     ]
     if not fields:
         raise DataNotFoundError(f"no BCCD field under {folder} has a category these models know")
     runners = {c.name: Runner(c) for c in ckpts}
-    allowed = np.array([c in [p.lower() for p in present] for c in classes])
-    calls: dict[str, list] = {c.name: [] for c in ckpts}
-    kept = []
-    for number, category in tqdm(fields, desc="BCCD fields", disable=not progress):
+    probs: dict[str, list] = {c.name: [] for c in ckpts}
+    for number, _ in tqdm(fields, desc="BCCD fields", disable=not progress):
         path = folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg"
-        results = classify([(path.name, path.read_bytes())], ckpts, runners, framing="field")
-        if results[0].error:  # no white cell found: the field counts as missed
-            for ckpt in ckpts:
-                calls[ckpt.name].append((None, None))
-        else:
-            for ckpt in ckpts:
-                probs = results[0].per_model[ckpt.name]
-                calls[ckpt.name].append(
-                    (
-                        classes[int(probs.argmax())],
-                        classes[int(np.where(allowed, probs, -1).argmax())],
-                    )
-                )
-        kept.append((number, category))
-    truth = np.array([c for _, c in kept])
-    regions = np.array([region_of.get(n, n) for n, _ in kept])
+        result = classify([(path.name, path.read_bytes())], ckpts, runners, framing="field")[0]
+        for ckpt in ckpts:  # no white cell found: a row of NaN, which counts as a miss
+            row = None if result.error else result.per_model[ckpt.name]
+            probs[ckpt.name].append(np.full(len(classes), np.nan) if row is None else row)
+    regions = np.array([region_of.get(n, n) for n, _ in fields])
+    return FieldCalls(
+        numbers=np.array([n for n, _ in fields]),
+        truth=np.array([c for _, c in fields]),
+        regions=regions,
+        seen=np.array([r in seen_regions for r in regions]),
+        probs={name: np.stack(rows) for name, rows in probs.items()},
+        categories=tuple(sorted(set(c for _, c in fields))),
+    )
+
+
+def field_accuracy(ckpts, root: Path, *, progress: bool = True) -> list[dict]:
+    """Field-level accuracy on the BCCD fields whose ``labels.csv`` names one category that
+    the models know (:func:`field_calls`), against the field's category.
+
+    The Kaggle blood-cells images were cut from these very fields, so for blood-cells models
+    a field whose smear region has a Kaggle TRAIN image was trained on: those and the unseen
+    ones are reported apart. ``restricted``: the prediction taken among the categories that
+    occur in BCCD's labels only (a PBC model also knows platelets, erythroblasts, IG).
+    Intervals resample whole smear regions (:func:`bloodviz.metrics.grouped_accuracy_ci`)."""
+    from bloodviz.metrics import grouped_accuracy_ci
+
+    found = field_calls(ckpts, root, progress=progress)
+    classes = np.asarray(ckpts[0].preprocessing.class_names)
+    allowed = np.isin(classes, found.categories)
     rows = []
     for ckpt in ckpts:
-        seen = (
-            np.array([r in seen_regions for r in regions])
-            if ckpt.dataset == "blood-cells"
-            else np.zeros(len(kept), bool)
-        )
-        plain = np.array([p == t for (p, _), t in zip(calls[ckpt.name], truth)])
-        restricted = np.array([p == t for (_, p), t in zip(calls[ckpt.name], truth)])
+        probs = found.probs[ckpt.name]
+        missed = np.isnan(probs).any(axis=1)
+        filled = np.nan_to_num(probs, nan=-1.0)
+        plain = (classes[filled.argmax(axis=1)] == found.truth) & ~missed
+        restricted = classes[np.where(allowed, filled, -2.0).argmax(axis=1)] == found.truth
+        restricted &= ~missed
+        seen = found.seen if ckpt.dataset == "blood-cells" else np.zeros(len(missed), bool)
         for part, mask in (("unseen fields", ~seen), ("fields trained on", seen)):
             if not mask.any():
                 continue
@@ -274,14 +290,12 @@ def field_accuracy(ckpts, root: Path, *, progress: bool = True) -> list[dict]:
                     "dataset": ckpt.dataset_key,
                     "fields": part,
                     "n": int(mask.sum()),
-                    "no cell found": int(
-                        sum(p is None for (p, _), m in zip(calls[ckpt.name], mask) if m)
-                    ),
+                    "no cell found": int(missed[mask].sum()),
                     "accuracy": float(plain[mask].mean()),
-                    "accuracy_ci": grouped_accuracy_ci(plain[mask], regions[mask]),
+                    "accuracy_ci": grouped_accuracy_ci(plain[mask], found.regions[mask]),
                     "restricted": float(restricted[mask].mean()),
-                    "restricted_ci": grouped_accuracy_ci(restricted[mask], regions[mask]),
-                    "categories": ", ".join(p.lower() for p in present),
+                    "restricted_ci": grouped_accuracy_ci(restricted[mask], found.regions[mask]),
+                    "categories": ", ".join(found.categories),
                 }
             )
     return rows

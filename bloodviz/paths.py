@@ -50,3 +50,10 @@ def runs_root() -> Path:
 def cache_root() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bloodviz"
     return Path(os.environ.get("BLOODVIZ_CACHE", default))
+
+
+def blood_cells_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The blood-cells folder under the data root (or the root itself), so the Kaggle and BCCD
+    folders are searched there and not through every other dataset."""
+    root = resolve_data_root(data_root)
+    return root / "blood-cells" if (root / "blood-cells").is_dir() else root

@@ -45,6 +45,9 @@ class TrainConfig:
     robust_augment: dict | None = None
     stain_normalise: str | None = None
     variant: str | None = None
+    # fine-tune: start from the weights of this checkpoint of the same model, dataset and size
+    # (e.g. the plain run a robust variant adapts) instead of a random or ImageNet start
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.variant is None and (self.robust_augment is not None or self.stain_normalise):

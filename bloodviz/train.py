@@ -252,6 +252,8 @@ def start_run(
     model = create_model(
         config.model, num_classes=classes, in_size=dataset.size, pretrained=config.pretrained
     )
+    if config.init_from and saved is None:
+        _load_start_weights(model, config, dataset.key, checkpoints, log)
     probed = saved.get("precision_probe") if saved is not None else None
     if config.precision == "auto" and probed:  # a resumed run keeps what its probe chose
         from bloodviz.speed import precision_from_probe
@@ -321,6 +323,28 @@ def start_run(
         training_run.started_at = saved["started_at"]
         training_run.wall_before = saved["wall_s"]
     return training_run
+
+
+def _load_start_weights(model, config: TrainConfig, dataset_key: str, checkpoints, log) -> None:
+    """Fine-tuning: the weights of checkpoint ``config.init_from`` (same model, dataset and
+    size), checked to fit before any training time is spent."""
+    from bloodviz.checkpoints import CheckpointError, checkpoint_dir, load_weights, open_checkpoint
+
+    source = open_checkpoint(checkpoint_dir(dataset_key, config.init_from, checkpoints))
+    if source.model != config.model:
+        raise CheckpointError(
+            f"--init-from {config.init_from} is a {source.model}, not a {config.model}"
+        )
+    if source.weights_path is None:
+        raise CheckpointError(f"--init-from {config.init_from}: {source.predictions_only_reason}")
+    state = load_weights(source.weights_path, expected_model=config.model)
+    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"--init-from {config.init_from} does not fit: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    log(f"starting from the weights of {dataset_key}/{config.init_from}")
 
 
 def _run_preprocessing(config: TrainConfig, dataset: BloodDataset, train_data) -> Preprocessing:

@@ -34,6 +34,13 @@ def test_restricted_calls_ignore_the_classes_the_other_set_lacks():
     assert row["accuracy_restricted"] == 1.0  # the best shared class is right both times
 
 
+def test_a_field_where_no_white_cell_was_found_counts_as_a_miss():
+    classes = ("eosinophil", "lymphocyte")
+    probs = np.array([[0.9, 0.1], [np.nan, np.nan]])  # the second field: no cell found
+    row = generalise._scores(np.array(["eosinophil", "eosinophil"]), probs, classes)
+    assert row["accuracy_as_is"] == row["accuracy_restricted"] == 0.5
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return train_tiny(tmp_path_factory, datasets=("pbc", "blood-cells"), limit=6)[0]
@@ -43,9 +50,12 @@ def store(tmp_path_factory):
 def test_a_model_is_scored_on_the_other_lab_and_the_page_shows_it(store, monkeypatch, data_root):
     (ckpt,) = list_checkpoints(store, "blood-cells-64")
     result = generalise.cross_dataset(ckpt, progress=False, command="test")
-    assert set(result["sets"]) == {"blood-cells test (own)", "pbc test"}
+    fields = f"{generalise.FIELDS_SET}, unseen"
+    assert set(result["sets"]) == {"blood-cells test (own)", "pbc test", fields}
     other = result["sets"]["pbc test"]
     assert other["n"] > 1000  # PBC's test cells of the four shared classes
+    # a blood-cells model saw crops of most BCCD fields: only the others are its test
+    assert 10 < result["sets"][fields]["n"] < 200
     assert 0 <= other["balanced_as_is"] <= 1 and other["balanced_restricted"] >= 0
     assert json.loads((ckpt.path / generalise.RESULT_FILE).read_text())["command"] == "test"
     assert "pbc test" in generalise.format_table([result])

@@ -340,3 +340,35 @@ def test_bench_train_prints_each_precision_side_by_side():
     assert set(row["images_per_s"]) == {"fp32", "fp32+cl", "bf16+cl"}
     assert row["ratio_vs_old_default"]["bf16+cl"] == 1.0
     assert all(v > 0 for v in row["images_per_s"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_fine_tune_starts_from_the_named_checkpoint(trained, tmp_path, data_root):
+    """--init-from: the run starts from that checkpoint's weights (with a learning rate of
+    zero its parameters come out unchanged), the card records where it started, and a checkpoint of
+    another architecture is refused before any training."""
+    from safetensors.torch import load_file
+
+    from bloodviz.checkpoints import CheckpointError
+    from bloodviz.fit import fit
+    from bloodviz.runcard import TrainConfig
+
+    root, _ = trained
+    settings = dict(size=28, epochs=1, limit_per_class=4, precision="fp32", lr=0.0)
+    config = TrainConfig.for_model(
+        "cnn_baseline", "pbc", init_from="cnn_baseline", variant="tuned", **settings
+    )
+    out = fit(config, str(data_root), root, tmp_path / "runs", progress=False, log=print)
+    assert out.name == "cnn_baseline-tuned"
+    source = load_file(root / "pbc-28" / "cnn_baseline" / "model.safetensors")
+    tuned = load_file(out / "model.safetensors")
+    for name, tensor in source.items():
+        if name.endswith("num_batches_tracked"):  # counted on from the source's count
+            assert tuned[name] > tensor > 0, name
+        elif "running_" not in name:  # batch-norm statistics move even at a zero rate
+            assert torch.allclose(tensor.float(), tuned[name].float(), atol=1e-3), name
+    assert open_checkpoint(out).run.config["init_from"] == "cnn_baseline"
+    other = TrainConfig.for_model("lenet5", "pbc", init_from="cnn_baseline", **settings)
+    with pytest.raises(CheckpointError, match="is a cnn_baseline, not a lenet5"):
+        fit(other, str(data_root), root, tmp_path / "runs", progress=False, log=print)
