@@ -31,4 +31,8 @@ navigation = st.navigation(
 )
 ui.sidebar_selection()  # drawn here so the choice carries across pages
 ui.import_page_modules(navigation.url_path)  # one session at a time: see ui.PAGE_MODULES
-navigation.run()
+ui.restore_page_view(navigation.url_path)  # Back/Forward: see ui.restore_page_view
+try:
+    navigation.run()
+finally:  # also when the page stops early (st.stop)
+    ui.remember_page_view(navigation.url_path)

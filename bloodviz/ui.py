@@ -44,6 +44,40 @@ def import_page_modules(url_path: str) -> None:
             _imported.add(name)
 
 
+# -- back and forward ---------------------------------------------------------------------------
+# Streamlit (1.67) strips a page's bound parameters when another page opens, and its frontend
+# pushes that stripped address as one more history entry of the old page before the new page's
+# own entry. So the first Back lands on the old page without its choices (report model, tab...).
+# Each session keeps every page's last choices; a history step onto one of the page's entries
+# that carries none of them puts them back (replacing that stripped entry) and reruns.
+GLOBAL_PARAMS = ("dataset", "models-")
+
+
+def _page_params() -> dict[str, list[str]]:
+    """The address's parameters that belong to the page (not the sidebar's dataset/models)."""
+    return {
+        k: st.query_params.get_all(k) for k in st.query_params if not k.startswith(GLOBAL_PARAMS)
+    }
+
+
+def restore_page_view(url_path: str) -> None:
+    """On a Back/Forward step onto a stripped entry: the page's last choices, then a rerun."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    remembered = st.session_state.get("_page_views", {}).get(url_path)
+    if not remembered or not getattr(ctx, "is_history_navigation", False) or _page_params():
+        return
+    for key in remembered:  # bound widgets seed from the address again on the rerun
+        st.session_state.pop(key, None)
+    st.query_params.update(remembered)
+    st.rerun()
+
+
+def remember_page_view(url_path: str) -> None:
+    st.session_state.setdefault("_page_views", {})[url_path] = _page_params()
+
+
 # loaded networks (and ONNX sessions) kept at once: each is up to ~100 MB, and Streamlit
 # Community Cloud gives an app about 1-2.7 GB, most of which torch's import already takes
 MODELS_IN_MEMORY = 6

@@ -296,6 +296,59 @@ def test_a_view_survives_a_reload_and_a_shared_link(page, server):
         tab.close()
 
 
+def _idle(tab) -> None:
+    tab.wait_for_timeout(300)
+    tab.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')")
+
+
+def _step_until(tab, step, heading: str) -> None:
+    """Back or Forward until the page titled ``heading`` shows (Streamlit may leave an extra
+    entry of the same page behind), then until its script has finished."""
+    for _ in range(3):
+        step()
+        _idle(tab)
+        if tab.get_by_role("heading", name=heading).count():
+            break
+    expect(tab.get_by_role("heading", name=heading)).to_be_visible()
+    tab.wait_for_timeout(1000)  # a restored view reruns once
+    _idle(tab)
+
+
+def test_back_and_forward_restore_each_pages_choices(page, server):
+    """Report tab -> leaderboard split -> head-to-head; Back shows the leaderboard with its
+    split and then the report on its tab; Forward goes the other way."""
+    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        tab.goto(server + "/report?dataset=blood-cells-64&report_model=acnet")
+        expect(tab.get_by_role("heading", name="Model report")).to_be_visible()
+        tab.get_by_role("tab", name="Confusion matrix").click()
+        tab.wait_for_function("() => location.search.includes('report_view=')")
+        _idle(tab)
+        tab.get_by_role("link", name="Leaderboard").click()
+        expect(tab.get_by_role("heading", name="Leaderboard")).to_be_visible()
+        _idle(tab)
+        tab.get_by_role("radio", name="test_simple").first.click()
+        tab.wait_for_function("() => location.search.includes('lb_split=test_simple')")
+        _idle(tab)
+        tab.get_by_role("link", name="Head-to-head").click()
+        expect(tab.get_by_role("heading", name="Head-to-head")).to_be_visible()
+        _idle(tab)
+
+        _step_until(tab, tab.go_back, "Leaderboard")
+        assert "lb_split=test_simple" in tab.url
+        _step_until(tab, tab.go_back, "Model report")
+        assert "report_view=Confusion" in tab.url
+        expect(tab.get_by_role("tab", name="Confusion matrix")).to_have_attribute(
+            "aria-selected", "true"
+        )
+        _step_until(tab, tab.go_forward, "Leaderboard")
+        assert "lb_split=test_simple" in tab.url
+        _step_until(tab, tab.go_forward, "Head-to-head")
+        _no_exception(tab)
+    finally:
+        tab.close()
+
+
 def test_slide_export_opens_in_the_browser(page, tmp_path):
     """One click exports the view; the file opens offline with its header and figures."""
     _open(page, "Leaderboard", "Leaderboard")
