@@ -4,6 +4,7 @@ import streamlit as st
 
 from bloodviz import ui
 from bloodviz.cellbank import sample_files
+from bloodviz.generalise import OTHER_DATASET, SHARED_CLASSES
 from bloodviz.localise import draw_boxes
 from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import probability_bars
@@ -29,6 +30,7 @@ files = st.file_uploader(
     type=["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"],
     accept_multiple_files=True,
 )
+OWN_LAB = "this dataset's test split"
 FRAMINGS = {
     "Decide by size": None,
     "A smear field: find the white cells": "field",
@@ -67,13 +69,40 @@ else:
     seed = st.session_state.setdefault("sample_seed", 0)
     if right.button("Other cells", icon=":material/shuffle:"):
         st.session_state["sample_seed"] = seed = seed + 1
+    # PBC and Kaggle's blood-cells come from two labs: the other lab's cells of the classes
+    # both know show what a stranger's microscope does to these models
+    other_lab = OTHER_DATASET.get(ckpts[0].dataset)
+    lab = OWN_LAB
+    if other_lab:
+        lab = (
+            st.segmented_control(
+                "Cells from",
+                [OWN_LAB, f"another lab ({other_lab})"],
+                default=OWN_LAB,
+                key="samples_lab",
+                bind="query-params",
+            )
+            or OWN_LAB
+        )
+    name = ckpts[0].dataset if lab == OWN_LAB else other_lab
     try:
-        source = ui.cells(ckpts[0].dataset, ckpts[0].size)
-        samples = sample_files(source, split=ckpts[0].default_split or "test", seed=seed)
+        source = ui.cells(name, ckpts[0].size)
+        samples = sample_files(
+            source,
+            split="test" if lab != OWN_LAB else ckpts[0].default_split or "test",
+            seed=seed,
+            classes=None if lab == OWN_LAB else SHARED_CLASSES,
+        )
     except (DataNotFoundError, KeyError, ValueError) as exc:
         st.warning(f"No test cells to offer here ({exc}).")
         st.stop()
     st.caption(source.note)
+    if lab != OWN_LAB:
+        st.caption(
+            f"{name}'s test cells of the four classes both datasets share, classified by "
+            f"models trained on {ckpts[0].dataset}. The Generalisation page measures this on "
+            "every such cell; the `-robust-reinhard` models are trained for other labs."
+        )
     inputs = [(name, data) for name, data, _ in samples]
     truth = {name: true_class for name, _, true_class in samples}
     framing = "cell"

@@ -225,16 +225,24 @@ class CellSource:
 
 
 def sample_files(
-    cells: CellSource, *, split: str = "test", per_class: int = 1, seed: int = 0
+    cells: CellSource,
+    *,
+    split: str = "test",
+    per_class: int = 1,
+    seed: int = 0,
+    classes: tuple[str, ...] | None = None,
 ) -> list[tuple[str, bytes, str]]:
     """A few real cells to classify when a visitor has no image of their own: ``per_class``
-    of each class from ``split``, as (name, PNG bytes, true class). PNG keeps the cell exactly
-    as stored, and it goes through the same decoding as an upload."""
+    of each class (of ``classes`` only, when given) from ``split``, as (name, PNG bytes, true
+    class). PNG keeps the cell exactly as stored, and it goes through the same decoding as an
+    upload."""
     labels = cells.labels(split)
     ids = cells.sample_ids(split)
     rng = np.random.default_rng(seed)
     files = []
     for k, name in enumerate(cells.class_names):
+        if classes is not None and name not in classes:
+            continue
         members = np.flatnonzero(labels == k)
         for i in rng.choice(members, size=min(per_class, len(members)), replace=False):
             buffer = io.BytesIO()

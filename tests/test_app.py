@@ -311,6 +311,12 @@ def test_upload_page_offers_real_cells_without_a_file(monkeypatch, tmp_path):
     first = list(cells["path"])
     app.button[0].click().run()  # other cells
     assert list(app.dataframe[0].value.drop_duplicates("path")["path"]) != first
+    # another lab's cells: Kaggle's, of the four classes both datasets know
+    app.segmented_control(key="samples_lab").set_value("another lab (blood-cells)").run()
+    assert not app.exception
+    foreign = app.dataframe[0].value.drop_duplicates("path")
+    assert sorted(foreign["true class"]) == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert not set(foreign["path"]) & set(first)
 
 
 def test_the_ensemble_joins_the_leaderboard_and_head_to_head():
