@@ -115,6 +115,7 @@ def bench_checkpoint(
     thr = timing(run(batch), threads, min_run_time)
     result = {
         "model": ckpt.model,
+        "checkpoint": ckpt.name,  # the model, or a variant of it (inception_eff3-robust)
         "dataset": ckpt.dataset_key,
         "device": device,
         "threads": threads,
@@ -211,6 +212,7 @@ def bench_imported_onnx(
     params = int(sum(np.prod(t.dims) for t in graph.initializer))
     return {
         "model": ckpt.model,
+        "checkpoint": ckpt.name,  # the model, or a variant of it (inception_eff3-robust)
         "dataset": ckpt.dataset_key,
         "device": "cpu",
         "threads": threads,
@@ -275,7 +277,7 @@ def format_table(results: list[dict]) -> str:
 
         lat = r["latency_b1_ms"]
         lines.append(
-            f"{r['dataset']:15s} {r['model']:14s} {r['parameters']:9d} "
+            f"{r['dataset']:15s} {r.get('checkpoint', r['model']):14s} {r['parameters']:9d} "
             f"{fmt(r['flops'] and r['flops'] / 1e6, '8.1f')} "
             f"{fmt((r['checkpoint_file_bytes'] or 0) / 2**20, '7.1f')} "
             f"{lat['median_ms']:7.2f} ({lat['iqr_ms']:5.2f}) "

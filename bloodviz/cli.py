@@ -467,11 +467,11 @@ def _generalise(args, command_line: str) -> int:
         ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.models]
     results = {c.name: generalise.stored(c) if args.reuse else None for c in ckpts}
     to_run = [c for c in ckpts if results[c.name] is None]
-    # the fields are found and framed once for all the models (classify batches them)
-    fields = generalise.bccd_field_calls(to_run, args.data_root) if to_run else None
+    # each image is localised and framed once for all the models (classify batches them)
+    localised = generalise.localised_sets(to_run, args.data_root) if to_run else None
     for ckpt in to_run:
         results[ckpt.name] = generalise.cross_dataset(
-            ckpt, args.data_root, progress=True, command=command_line, fields=fields
+            ckpt, args.data_root, progress=True, command=command_line, localised=localised
         )
     results = list(results.values())
     print(generalise.format_table([r for r in results if r]))
@@ -706,11 +706,20 @@ def _bench(args, command_line: str) -> int:
     from bloodviz import benchmark
     from bloodviz.checkpoints import list_checkpoints
 
-    chosen = [
+    in_dataset = [
         c
         for c in list_checkpoints(args.checkpoints)
-        if (args.dataset in (None, c.dataset, c.dataset_key))
-        and (not args.models or c.model in args.models)
+        if args.dataset in (None, c.dataset, c.dataset_key)
+    ]
+    # a checkpoint by its name (inception_eff3-robust-reinhard); an architecture's name that
+    # is no checkpoint's picks every checkpoint of it
+    names = {c.name for c in in_dataset}
+    chosen = [
+        c
+        for c in in_dataset
+        if not args.models
+        or c.name in args.models
+        or (c.model in args.models and c.model not in names)
     ]
     if not chosen:
         print("error: no shipped checkpoint matches the selection", file=sys.stderr)

@@ -28,7 +28,8 @@ OTHER_DATASET = {"pbc": "blood-cells", "blood-cells": "pbc"}
 EVALUATED_SPLITS = {"blood-cells": ("test", "test_simple"), "pbc": ("test",)}
 RESULT_FILE = "generalisation.json"
 NO_CELL = "(no cell found)"
-FIELDS_SET = "BCCD fields (localised)"
+LOCALISED = "(localised)"
+FIELDS_SET = f"BCCD fields {LOCALISED}"
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, *, classes) -> float:
@@ -70,24 +71,20 @@ def _shared_part(names: tuple[str, ...], labels: np.ndarray) -> np.ndarray:
 
 
 def cross_dataset(
-    ckpt, data_root=None, *, progress: bool = True, command: str = "", fields=None
+    ckpt, data_root=None, *, progress: bool = True, command: str = "", localised=None
 ) -> dict:
-    """Score a white-cell checkpoint on the other dataset's shared-class cells, on the labelled
-    BCCD smear fields through the localiser, and on its own test split the same way; stored as
-    ``generalisation.json`` and returned. ``fields``: :func:`bccd_field_calls` already made
-    for several checkpoints at once (else they are made here for this one)."""
+    """Score a white-cell checkpoint on the other dataset's shared-class cells (as the dataset
+    frames them, and as whole images through the localiser), on the labelled BCCD smear fields,
+    and on its own test split the same way; stored as ``generalisation.json`` and returned.
+    ``localised``: :func:`localised_sets` already made for several checkpoints at once (else
+    made here for this one)."""
     from tqdm.auto import tqdm
 
     from bloodviz.data import get_dataset
     from bloodviz.inference import hardware_info, versions
     from bloodviz.predict import Runner
 
-    other = OTHER_DATASET.get(ckpt.dataset)
-    if other is None:
-        raise ValueError(
-            f"{ckpt.dataset_key}: cross-dataset scores are for the white-cell sets "
-            f"({', '.join(OTHER_DATASET)})"
-        )
+    other = _other_dataset(ckpt)
     if not ckpt.has_weights:
         raise ValueError(f"{ckpt.name} ships predictions only: no network to run on new cells")
     tick = time.perf_counter()
@@ -117,16 +114,10 @@ def cross_dataset(
         truth = np.asarray(data.class_names)[arrays.labels[keep]]
         probs = probabilities(arrays.images[keep])
         result["sets"][f"{other} {other_split}"] = _scores(truth, probs, class_names)
-    if fields is None or ckpt.name not in fields.probs:
-        fields = bccd_field_calls([ckpt], data_root, progress=progress)
-    if fields is not None:
-        keep = np.isin(fields.truth, SHARED_CLASSES)
-        name = FIELDS_SET
-        if ckpt.dataset == "blood-cells":  # it saw crops of many of these fields in training
-            keep &= ~fields.seen
-            name = f"{FIELDS_SET}, unseen"
-        probs = fields.probs[ckpt.name][keep]
-        result["sets"][name] = _scores(fields.truth[keep], probs, class_names)
+    if localised is None or any(ckpt.name not in p for _, p in localised.values()):
+        localised = localised_sets([ckpt], data_root, progress=progress)
+    for name, (truth, probs) in localised.items():
+        result["sets"][name] = _scores(truth, probs[ckpt.name], class_names)
     result.update(
         {
             "classes": list(SHARED_CLASSES),
@@ -146,17 +137,58 @@ def cross_dataset(
     return result
 
 
-def bccd_field_calls(ckpts, data_root=None, *, progress: bool = True):
-    """The labelled BCCD smear fields, each one's white cell found and framed by the localiser
-    as an upload would be, classified by ``ckpts`` (all of one dataset); None where the
-    fields are not on this machine."""
-    from bloodviz.localise import field_calls
+def _other_dataset(ckpt) -> str:
+    other = OTHER_DATASET.get(ckpt.dataset)
+    if other is None:
+        raise ValueError(
+            f"{ckpt.dataset_key}: cross-dataset scores are for the white-cell sets "
+            f"({', '.join(OTHER_DATASET)})"
+        )
+    return other
+
+
+def localised_sets(ckpts, data_root=None, *, progress: bool = True) -> dict:
+    """Set name -> (truth, {checkpoint name: probabilities}) for ``ckpts`` (all of one
+    dataset): whole images, each one's white cell found and framed by the localiser as an
+    upload would be (a row of NaN where none was found: a miss):
+
+    - the other lab's test images of the shared classes, as their raw files, so the cell is cut
+      at the share of the crop it takes in the checkpoint's own training cells;
+    - the labelled BCCD smear fields of those classes. A blood-cells model saw crops of many of
+      these fields in training, so it gets the unseen ones only.
+
+    Sets whose images are not on this machine are left out."""
+    from bloodviz.data import get_dataset
+    from bloodviz.localise import field_calls, localised_probs
     from bloodviz.paths import DataNotFoundError, blood_cells_root
 
+    other = _other_dataset(ckpts[0])
+    sets = {}
     try:
-        return field_calls(ckpts, blood_cells_root(data_root), progress=progress)
+        data = get_dataset(other, ckpts[0].size, data_root)
+        for split in EVALUATED_SPLITS[other]:
+            entries = [
+                (label, path)
+                for _, label, path in data.entries(split)
+                if path is not None and data.class_names[label] in SHARED_CLASSES
+            ]
+            truth = np.array([data.class_names[label] for label, _ in entries])
+            paths = [path for _, path in entries]
+            probs = localised_probs(ckpts, paths, progress=progress, desc=f"{other} {split}")
+            sets[f"{other} {split} {LOCALISED}"] = (truth, probs)
     except DataNotFoundError:
-        return None
+        pass
+    try:
+        fields = field_calls(ckpts, blood_cells_root(data_root), progress=progress)
+    except DataNotFoundError:
+        return sets
+    keep = np.isin(fields.truth, SHARED_CLASSES)
+    name = FIELDS_SET
+    if ckpts[0].dataset == "blood-cells":  # it saw crops of many of these fields in training
+        keep &= ~fields.seen
+        name = f"{FIELDS_SET}, unseen"
+    sets[name] = (fields.truth[keep], {n: p[keep] for n, p in fields.probs.items()})
+    return sets
 
 
 def stored(ckpt) -> dict | None:

@@ -207,13 +207,31 @@ class FieldCalls:
     categories: tuple[str, ...]  # the categories kept (those the models know)
 
 
+def localised_probs(
+    ckpts, paths: list[Path], *, progress: bool = True, desc: str = "localising"
+) -> dict[str, np.ndarray]:
+    """Each image's largest white cell found and cropped as the ``field`` framing does (as an
+    upload would be), classified by each checkpoint (all of one dataset, so one class list):
+    checkpoint name -> (images, classes) probabilities; a row of NaN where no cell was found."""
+    from tqdm.auto import tqdm
+
+    from bloodviz.predict import Runner, classify
+
+    classes = ckpts[0].preprocessing.class_names
+    runners = {c.name: Runner(c) for c in ckpts}
+    probs: dict[str, list] = {c.name: [] for c in ckpts}
+    for path in tqdm(paths, desc=desc, disable=not progress):
+        result = classify([(path.name, path.read_bytes())], ckpts, runners, framing="field")[0]
+        for ckpt in ckpts:
+            row = None if result.error else result.per_model[ckpt.name]
+            probs[ckpt.name].append(np.full(len(classes), np.nan) if row is None else row)
+    return {name: np.stack(rows) for name, rows in probs.items()}
+
+
 def field_calls(ckpts, root: Path, *, progress: bool = True) -> FieldCalls:
     """Every BCCD field whose ``labels.csv`` names one category the models know, its largest
     white cell found and cropped as the ``field`` framing does, classified by each checkpoint
     (all of one dataset, so one class list)."""
-    from tqdm.auto import tqdm
-
-    from bloodviz.predict import Runner, classify
     from bloodviz.twins import (
         find_bccd_fields,
         read_field_labels,
@@ -239,21 +257,14 @@ def field_calls(ckpts, root: Path, *, progress: bool = True) -> FieldCalls:
     ]
     if not fields:
         raise DataNotFoundError(f"no BCCD field under {folder} has a category these models know")
-    runners = {c.name: Runner(c) for c in ckpts}
-    probs: dict[str, list] = {c.name: [] for c in ckpts}
-    for number, _ in tqdm(fields, desc="BCCD fields", disable=not progress):
-        path = folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg"
-        result = classify([(path.name, path.read_bytes())], ckpts, runners, framing="field")[0]
-        for ckpt in ckpts:  # no white cell found: a row of NaN, which counts as a miss
-            row = None if result.error else result.per_model[ckpt.name]
-            probs[ckpt.name].append(np.full(len(classes), np.nan) if row is None else row)
+    paths = [folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg" for number, _ in fields]
     regions = np.array([region_of.get(n, n) for n, _ in fields])
     return FieldCalls(
         numbers=np.array([n for n, _ in fields]),
         truth=np.array([c for _, c in fields]),
         regions=regions,
         seen=np.array([r in seen_regions for r in regions]),
-        probs={name: np.stack(rows) for name, rows in probs.items()},
+        probs=localised_probs(ckpts, paths, progress=progress, desc="BCCD fields"),
         categories=tuple(sorted(set(c for _, c in fields))),
     )
 

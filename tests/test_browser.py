@@ -304,12 +304,15 @@ def _idle(tab) -> None:
 def _step_until(tab, step, heading: str) -> None:
     """Back or Forward until the page titled ``heading`` shows (Streamlit may leave an extra
     entry of the same page behind), then until its script has finished."""
+    title = tab.get_by_role("heading", name=heading)
     for _ in range(3):
         step()
-        _idle(tab)
-        if tab.get_by_role("heading", name=heading).count():
+        try:  # the old page stays drawn for a moment: wait for the new title, else step on
+            expect(title).to_be_visible(timeout=20_000)
             break
-    expect(tab.get_by_role("heading", name=heading)).to_be_visible()
+        except AssertionError:
+            continue
+    expect(title).to_be_visible()
     tab.wait_for_timeout(1000)  # a restored view reruns once
     _idle(tab)
 
