@@ -375,6 +375,9 @@ def test_slide_export_opens_in_the_browser(page, tmp_path):
 def test_ensemble_row_and_sample_cells(page):
     _open(page, "Leaderboard", "Leaderboard")
     page.set_viewport_size({"width": 1280, "height": 720})
+    page.mouse.move(800, 300)  # the page's own top: an earlier test left it scrolled down
+    page.mouse.wheel(0, -20_000)
+    page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "13-first-screen-1280x720.png"))  # what a projector shows
     page.get_by_text("Add the ensemble of the sidebar's models").click()
     expect(page.get_by_text("and the ensemble of the sidebar's 4").first).to_be_visible()
