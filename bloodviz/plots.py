@@ -38,6 +38,28 @@ def _style(fig: go.Figure, title: str, height: int = 480) -> go.Figure:
     return fig
 
 
+def log_ticks(values: np.ndarray) -> list[float]:
+    """1-2-5 steps across the positive ``values`` on a log axis, each labelled in full: plotly's
+    own labels between decades read "5 1 2 5 10 2" (0.5 ... 20), puzzling on a projector."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return []
+    low, high = positive.min(), positive.max()
+    steps = [
+        m * 10.0**e
+        for e in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        for m in (1, 2, 5)
+    ]
+    return [v for v in steps if low / 2 <= v <= high * 2]
+
+
+def _short_number(value: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def tradeoff_scatter(
     board: pd.DataFrame,
     cost: str = "latency_ms",
@@ -144,6 +166,10 @@ def tradeoff_scatter(
     fig = go.Figure(traces)
     log = loggable if log_x is None else log_x
     fig.update_xaxes(title=label, type="log" if log else "linear")
+    if log:
+        ticks = log_ticks(board[cost].to_numpy(dtype=float))
+        if ticks:
+            fig.update_xaxes(tickvals=ticks, ticktext=[_short_number(v) for v in ticks])
     fig.update_yaxes(title=QUALITY_COLUMNS.get(quality, quality))
     if quality_range is not None:
         fig.update_yaxes(range=list(quality_range))

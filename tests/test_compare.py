@@ -232,3 +232,14 @@ def test_tradeoff_scatter_labels_the_front_and_the_chosen_only():
     assert "dominated" not in texts
     ranged = tradeoff_scatter(board, "latency_ms", "accuracy", quality_range=(0.93, 0.99))
     assert tuple(ranged.layout.yaxis.range) == (0.93, 0.99)
+    # a log cost axis labels 1-2-5 steps in full (plotly's own would read "5 1 2 5 10 2")
+    assert ranged.layout.xaxis.type == "log"
+    assert list(ranged.layout.xaxis.ticktext) == ["1", "2", "5", "10", "20", "50"]
+
+
+def test_log_ticks_cover_the_values_in_1_2_5_steps():
+    from bloodviz.plots import _short_number, log_ticks
+
+    assert log_ticks(np.array([0.6, 3.0, 95.0, np.nan])) == [0.5, 1, 2, 5, 10, 20, 50, 100]
+    assert log_ticks(np.array([0.0, -1.0])) == []
+    assert [_short_number(v) for v in (2e5, 1e6, 5e9, 0.5)] == ["200k", "1M", "5G", "0.5"]
