@@ -86,9 +86,9 @@ else:
             )
             or OWN_LAB
         )
-    name = ckpts[0].dataset if lab == OWN_LAB else other_lab
+    sample_dataset = ckpts[0].dataset if lab == OWN_LAB else other_lab
     try:
-        source = ui.cells(name, ckpts[0].size)
+        source = ui.cells(sample_dataset, ckpts[0].size)
         samples = sample_files(
             source,
             split="test" if lab != OWN_LAB else ckpts[0].default_split or "test",
@@ -101,7 +101,7 @@ else:
     st.caption(source.note)
     if lab != OWN_LAB:
         st.caption(
-            f"{name}'s test cells of the four classes both datasets share, classified by "
+            f"{sample_dataset}'s test cells of the four classes both datasets share, classified by "
             f"models trained on {ckpts[0].dataset}. The Generalisation page measures this on "
             "every such cell; the `-robust-reinhard` models are trained for other labs."
         )

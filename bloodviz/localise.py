@@ -199,7 +199,6 @@ def benchmark(root: Path, part: str = "odd", progress: bool = True) -> dict:
 class FieldCalls:
     """Labelled BCCD fields, each one's largest white cell found and classified."""
 
-    numbers: np.ndarray  # field numbers
     truth: np.ndarray  # the field's category from labels.csv, lower case
     regions: np.ndarray  # smear region (twins), for grouped intervals
     seen: np.ndarray  # bool: a Kaggle TRAIN image comes from this field's region
@@ -260,7 +259,6 @@ def field_calls(ckpts, root: Path, *, progress: bool = True) -> FieldCalls:
     paths = [folder / "JPEGImages" / f"BloodImage_{number:05d}.jpg" for number, _ in fields]
     regions = np.array([region_of.get(n, n) for n, _ in fields])
     return FieldCalls(
-        numbers=np.array([n for n, _ in fields]),
         truth=np.array([c for _, c in fields]),
         regions=regions,
         seen=np.array([r in seen_regions for r in regions]),

@@ -328,22 +328,15 @@ def start_run(
 def _load_start_weights(model, config: TrainConfig, dataset_key: str, checkpoints, log) -> None:
     """Fine-tuning: the weights of checkpoint ``config.init_from`` (same model, dataset and
     size), checked to fit before any training time is spent."""
-    from bloodviz.checkpoints import CheckpointError, checkpoint_dir, load_weights, open_checkpoint
+    from bloodviz.checkpoints import CheckpointError, checkpoint_dir, open_checkpoint
 
     source = open_checkpoint(checkpoint_dir(dataset_key, config.init_from, checkpoints))
     if source.model != config.model:
         raise CheckpointError(
             f"--init-from {config.init_from} is a {source.model}, not a {config.model}"
         )
-    if source.weights_path is None:
-        raise CheckpointError(f"--init-from {config.init_from}: {source.predictions_only_reason}")
-    state = load_weights(source.weights_path, expected_model=config.model)
-    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"--init-from {config.init_from} does not fit: missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}"
-        )
+    # load_model refuses a predictions-only checkpoint and weights that do not fit
+    model.load_state_dict(source.load_model().state_dict())
     log(f"starting from the weights of {dataset_key}/{config.init_from}")
 
 
