@@ -36,3 +36,4 @@ try:
     navigation.run()
 finally:  # also when the page stops early (st.stop)
     ui.remember_page_view(navigation.url_path)
+    ui.release_after_page(navigation.url_path)

@@ -5,6 +5,7 @@ Kept apart from the engine so that everything else in ``bloodviz`` imports witho
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from pathlib import Path
@@ -88,14 +89,30 @@ def release_freed_memory() -> None:
 
     glibc keeps freed heap for reuse; on a 1-2.7 GB Streamlit Cloud box that is ~100 MB per
     load that the app never needs again. A no-op where glibc is not the C library."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):
-        pass
+        return None
+
+
+def release_after_page(url_path: str) -> None:
+    """After a page that ran a network (Grad-CAM, uploads), give its freed activations and
+    gradients back to the OS. Streamlit runs every rerun on a new thread and glibc keeps what
+    each frees in its arenas: measured with pbc-64's six best models, 25 visits of the
+    Grad-CAM page took the app from 1,318 to 1,910 MB resident, and stayed at 1,300 +- 20 MB
+    with this trim after each."""
+    if url_path in PAGE_MODULES:
+        release_freed_memory()
 
 
 @st.cache_data(show_spinner=False)
