@@ -70,9 +70,17 @@ def test_report_page_tables_charts_and_confusion_cell(monkeypatch, store):
     report = app.dataframe[0].value
     assert list(report["class"][-2:]) == ["macro avg", "weighted avg"]
     assert len(report) == 8 + 2
-    # every tab is rendered: bars, heatmap, ROC, PR, reliability, training history, and the
-    # Trust tab's risk-coverage
-    assert len(app.get("plotly_chart")) == 7
+    # only the chosen tab runs: per-class bars; then the heatmap; ROC, PR and reliability; the
+    # training history; the Trust tab's risk-coverage
+    charts = {}
+    for view in ("Per class", "Confusion matrix", "ROC / PR / calibration", "Training", "Trust"):
+        app.query_params["report_view"] = view
+        app.run()
+        assert not app.exception
+        charts[view] = len(app.get("plotly_chart"))
+    assert list(charts.values()) == [1, 1, 3, 1, 1], charts
+    app.query_params["report_view"] = "Confusion matrix"
+    app.run()
     _box(app, "True class").set_value("basophil").run()
     _box(app, "Predicted class").set_value("basophil").run()
     assert not app.exception
