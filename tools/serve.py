@@ -36,10 +36,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(
-    checkpoints: Path, timeout: float = 120, env: dict | None = None
+    checkpoints: Path, timeout: float = 120, env: dict | None = None, script: Path | None = None
 ) -> Iterator[tuple[str, int]]:
-    """``streamlit run app.py`` on a free local port, ``env`` added to its environment; yields
-    (URL, process id)."""
+    """``streamlit run app.py`` (or ``script``) on a free local port, ``env`` added to its
+    environment; yields (URL, process id)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -47,7 +47,7 @@ def running_app(
             "-m",
             "streamlit",
             "run",
-            "app.py",
+            str(script or "app.py"),
             "--server.port",
             str(port),
             "--server.address",
