@@ -89,9 +89,9 @@ for ckpt in ckpts:
         label = CAM_METHODS[method][0]
         if method in SLOW_METHODS:
             with st.spinner(f"{label} on {ckpt.name} (one pass per channel)…"):
-                result = explainer.explain(image, method, target, faithfulness=True)
+                result = ui.explanation(str(ckpt.path), image, method, target)
         else:
-            result = explainer.explain(image, method, target, faithfulness=True)
+            result = ui.explanation(str(ckpt.path), image, method, target)
         score = result.faithfulness["road_score"]
         col.image(
             upscale(result.overlay, 192),

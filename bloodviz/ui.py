@@ -177,6 +177,18 @@ def explainer(path: str):
     return _explainer(path, version(path))
 
 
+def explanation(path: str, image, method: str, target: int | None):
+    """The ``method`` map of ``image`` for ``target`` (None: the predicted class), with its
+    ROAD score: computed once, so going back to a cell already explained, from another page
+    or another session, shows its maps at once."""
+    return _explanation(path, version(path), image, method, target)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)  # a map and its overlay: ~100 KB each
+def _explanation(path: str, written: int, image, method: str, target: int | None):
+    return explainer(path).explain(image, method, target, faithfulness=True)
+
+
 def cells(name: str, size: int):
     """The dataset's cells as the models saw them: the raw images where they are on this
     machine, else the shipped cell bank (a fresh clone, Community Cloud)."""
