@@ -3,7 +3,13 @@ import streamlit as st
 
 from bloodviz import ui
 from bloodviz.checkpoints import evaluation_splits
-from bloodviz.compare import COST_COLUMNS, QUALITY_COLUMNS, filter_board, quality_band
+from bloodviz.compare import (
+    COST_COLUMNS,
+    QUALITY_COLUMNS,
+    filter_board,
+    quality_band,
+    seed_summary,
+)
 from bloodviz.plots import parallel_coordinates, tradeoff_scatter
 
 st.title("Leaderboard")
@@ -18,7 +24,9 @@ only_chosen = c2.toggle(
     bind="query-params",
     help="Off: every model trained for this dataset (the whole zoo), narrowed by the filters.",
 )
-ckpts = chosen if only_chosen else zoo
+# the sidebar offers one run per model; its other seeds come along for their spread
+picked = {c.replicate_of for c in chosen}
+ckpts = [c for c in zoo if c.replicate_of in picked] if only_chosen else zoo
 ui.need_models(key, ckpts)
 splits = evaluation_splits({s for c in ckpts for s in c.splits})
 if not splits:
@@ -54,12 +62,21 @@ whole_only = f4.toggle(
     bind="query-params",
     help="Leave out CPU-budget runs that trained on a subset of the training images.",
 )
+seeded = bool((full_board["seeds"] > 1).any())
+every_seed = seeded and st.toggle(
+    "Every seed as its own row",
+    key="lb_seeds",
+    bind="query-params",
+    help="Off: one row per model (its lowest seed), with the mean ± standard deviation of "
+    "accuracy over its seeds in 'acc over seeds'.",
+)
 board = filter_board(
     full_board,
     studies=pick_studies or None,
     families=pick_families or None,
     whole_split_only=whole_only,
     min_accuracy=min_accuracy,
+    every_seed=every_seed,
 )
 e1, e2 = st.columns([2, 2])
 with_ensemble = e1.toggle(
@@ -95,12 +112,14 @@ st.caption(
 shown = board.assign(
     accuracy_ci=board.apply(lambda r: f"{r.accuracy_lo:.3f}–{r.accuracy_hi:.3f}", axis=1),
     macro_f1_ci=board.apply(lambda r: f"{r.macro_f1_lo:.3f}–{r.macro_f1_hi:.3f}", axis=1),
+    over_seeds=board.apply(seed_summary, axis=1),
 )
 # key columns first: at 1280 px the model, its accuracy, F1 and cost show without scrolling
 columns = [
     "name",
     "accuracy",
     "accuracy_ci",
+    *(["over_seeds"] if seeded else []),
     "macro_f1",
     "latency_ms",
     "parameters",
@@ -130,6 +149,10 @@ st.dataframe(
         "name": st.column_config.TextColumn("model", pinned=True),
         "accuracy": number("accuracy", format="%.4f"),
         "accuracy_ci": "acc 95% CI",
+        "over_seeds": st.column_config.TextColumn(
+            "acc over seeds",
+            help="mean ± sample standard deviation of the accuracy of its seeds, on this split",
+        ),
         "macro_f1": number("macro F1", format="%.4f"),
         "macro_f1_ci": "F1 95% CI",
         "auc": number("AUC", format="%.4f"),

@@ -43,13 +43,20 @@ class CheckpointError(ValueError):
 PRETRAINED_SUFFIX = "@imagenet"
 
 
-def checkpoint_name(model: str, pretrained: bool = False, variant: str | None = None) -> str:
+SEED_SUFFIX = "-seed"
+
+
+def checkpoint_name(
+    model: str, pretrained: bool = False, variant: str | None = None, seed: int = 0
+) -> str:
     """Folder name of a checkpoint: a pretrained run sits beside the from-scratch one, and so
-    does a variant (``cnn002_bn-robust``: trained for stain and scale robustness); a timm
-    architecture brought by name (``timm:convnext_atto``) is ``timm-convnext_atto`` (no colon in
-    paths or addresses)."""
+    does a variant (``cnn002_bn-robust``: trained for stain and scale robustness) and a run
+    with another seed (``cnn_baseline-seed1``; seed 0 has no suffix); a timm architecture
+    brought by name (``timm:convnext_atto``) is ``timm-convnext_atto`` (no colon in paths or
+    addresses)."""
     name = model.replace(":", "-") + (PRETRAINED_SUFFIX if pretrained else "")
-    return f"{name}-{variant}" if variant else name
+    name = f"{name}-{variant}" if variant else name
+    return f"{name}{SEED_SUFFIX}{seed}" if seed else name
 
 
 def checkpoint_dir(dataset_key: str, model: str, root: Path | None = None) -> Path:
@@ -243,6 +250,17 @@ class Checkpoint:
     @property
     def name(self) -> str:
         """The model name, with ``@imagenet`` for an ImageNet-pretrained run."""
+        return checkpoint_name(
+            self.model, self.run.pretrained, self.run.config.get("variant"), self.seed
+        )
+
+    @property
+    def seed(self) -> int:
+        return int(self.run.config.get("seed") or 0)
+
+    @property
+    def replicate_of(self) -> str:
+        """The name its seed-0 run has: the runs that differ only in their seed share it."""
         return checkpoint_name(self.model, self.run.pretrained, self.run.config.get("variant"))
 
     @property
@@ -483,6 +501,18 @@ def _replace_file(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def seed_representatives(ckpts: list[Checkpoint]) -> list[Checkpoint]:
+    """One checkpoint per set of runs that differ only in their seed (the lowest seed), in the
+    given order: what model lists offer; the leaderboard shows the others' spread."""
+    lowest: dict[tuple[str, str], Checkpoint] = {}
+    for ckpt in ckpts:
+        key = (ckpt.dataset_key, ckpt.replicate_of)
+        if key not in lowest or ckpt.seed < lowest[key].seed:
+            lowest[key] = ckpt
+    kept = {id(c) for c in lowest.values()}
+    return [c for c in ckpts if id(c) in kept]
 
 
 def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -> list[Checkpoint]:

@@ -314,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(p)
     p.add_argument("--checkpoints", type=Path, default=None)
     p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train each model once per seed (0 1 2); a seed other than 0 writes "
+        "<model>-seed<N> beside the seed-0 checkpoint",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -425,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 fresh=args.fresh,
                 workers=args.workers,
                 ray_address=args.ray_address,
+                seeds=args.seeds,
                 **_training_settings(args),
             )
             for name, what in outcome.items():

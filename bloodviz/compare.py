@@ -67,7 +67,10 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         rows.append(
             {
                 "model": ckpt.name,
-                "name": run.display_name or ckpt.model,
+                "seed": ckpt.seed,
+                "replicate_of": ckpt.replicate_of,
+                "name": (run.display_name or ckpt.model)
+                + (f" (seed {ckpt.seed})" if ckpt.seed else ""),
                 "family": run.family or "other",
                 "study": study.id if (study := study_of(ckpt.model)) else "-",
                 **quality_fields(metrics),
@@ -94,8 +97,31 @@ def leaderboard(ckpts: list[Checkpoint], split: str = "test") -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame = frame.sort_values("accuracy", ascending=False, ignore_index=True)
+        frame = with_seed_spread(frame).sort_values("accuracy", ascending=False, ignore_index=True)
     return frame
+
+
+def with_seed_spread(board: pd.DataFrame) -> pd.DataFrame:
+    """``board`` with, on each row, the spread of the runs that differ from it only in their
+    seed (rows sharing ``replicate_of``): ``seeds`` (how many), the mean and the sample
+    standard deviation of their accuracy and macro-F1 (NaN for a single run), and ``replica``,
+    True on every row but the lowest seed's."""
+    groups = board.groupby("replicate_of")
+    spread = {"seeds": groups["accuracy"].transform("size")}
+    for column in ("accuracy", "macro_f1"):
+        spread[f"{column}_seed_mean"] = groups[column].transform("mean")
+        spread[f"{column}_seed_sd"] = groups[column].transform("std")  # ddof 1: NaN for one
+    spread["replica"] = board["seed"] != groups["seed"].transform("min")
+    return board.assign(**spread)
+
+
+def seed_summary(row) -> str:
+    """A leaderboard row's accuracy over its seeds, as the table shows it."""
+    if pd.isna(row.seeds):  # a row not from one checkpoint: the ensemble
+        return ""
+    if row.seeds < 2:
+        return "one seed"
+    return f"{row.accuracy_seed_mean:.4f} ± {row.accuracy_seed_sd:.4f} ({row.seeds} seeds)"
 
 
 def _weights_label(ckpt: Checkpoint) -> str:
@@ -112,9 +138,13 @@ def filter_board(
     families: list[str] | None = None,
     whole_split_only: bool = False,
     min_accuracy: float = 0.0,
+    every_seed: bool = False,
 ) -> pd.DataFrame:
-    """The leaderboard's rows that pass every given filter (``None`` lets everything pass)."""
+    """The leaderboard's rows that pass every given filter (``None`` lets everything pass);
+    one row per set of seeds (its lowest seed, carrying their spread) unless ``every_seed``."""
     keep = board["accuracy"] >= min_accuracy
+    if not every_seed and "replica" in board:
+        keep &= ~board["replica"].astype(bool)
     if studies is not None:
         keep &= board["study"].isin(studies)
     if families is not None:

@@ -69,7 +69,7 @@ class TrainConfig:
     def checkpoint_name(self) -> str:
         from bloodviz.checkpoints import checkpoint_name
 
-        return checkpoint_name(self.model, self.pretrained, self.variant)
+        return checkpoint_name(self.model, self.pretrained, self.variant, self.seed)
 
     @property
     def train_limit(self) -> int | None:

@@ -49,16 +49,21 @@ def plan(
     models: list[str],
     size: int | None = None,
     checkpoints: Path | None = None,
+    seeds: list[int] | None = None,
     **settings,
 ) -> tuple[list[TrainConfig], list[str]]:
-    """The configs still to train, and the names of models already up to date."""
+    """The configs still to train (each model with each of ``seeds``, else with the one
+    ``seed`` setting), and the checkpoint names already up to date."""
     names = list_models() if models == ["all"] else models
     size = size or DEFAULT_SIZES.get(dataset, 64)
+    seeds = seeds or [settings.pop("seed", None)]
+    settings.pop("seed", None)
     todo, current = [], []
     for name in names:
-        config = TrainConfig.for_model(name, dataset, size=size, **settings)
-        (current if is_up_to_date(config, checkpoints) else todo).append(config)
-    return todo, [c.model for c in current]
+        for seed in seeds:
+            config = TrainConfig.for_model(name, dataset, size=size, seed=seed, **settings)
+            (current if is_up_to_date(config, checkpoints) else todo).append(config)
+    return todo, [c.checkpoint_name for c in current]
 
 
 def sweep(
@@ -71,10 +76,12 @@ def sweep(
     fresh: bool = False,
     workers: int | None = None,
     ray_address: str | None = None,
+    seeds: list[int] | None = None,
     **settings,
 ) -> dict[str, str]:
-    """Train each model (``all`` = every registered one); returns model -> what happened."""
-    todo, current = plan(dataset, models, size, checkpoints, **settings)
+    """Train each model (``all`` = every registered one) with each of ``seeds``; returns
+    checkpoint name (``cnn_baseline``, ``cnn_baseline-seed1``) -> what happened."""
+    todo, current = plan(dataset, models, size, checkpoints, seeds, **settings)
     outcome = {name: "up to date" for name in current}
     if workers or ray_address:
         outcome.update(
@@ -83,9 +90,9 @@ def sweep(
         return outcome
     bar = tqdm(todo, desc=f"sweep {dataset}", unit="model")
     for config in bar:
-        bar.set_postfix(model=config.model)
+        bar.set_postfix(model=config.checkpoint_name)
 
-        def log(message: str, name=config.model) -> None:
+        def log(message: str, name=config.checkpoint_name) -> None:
             # one line per message, so a background sweep's log file tells its progress
             tqdm.write(f"{name}: {message}")
 
@@ -99,10 +106,10 @@ def sweep(
                 command=command,
                 log=log,
             )
-            outcome[config.model] = "trained"
+            outcome[config.checkpoint_name] = "trained"
         except EXPECTED_FAILURES as exc:
-            outcome[config.model] = f"failed: {exc}"
-            tqdm.write(f"{config.model}: {exc}")
+            outcome[config.checkpoint_name] = f"failed: {exc}"
+            tqdm.write(f"{config.checkpoint_name}: {exc}")
     return outcome
 
 
@@ -177,7 +184,9 @@ def _sweep_on_ray(
     task = ray.remote(num_cpus=1, max_retries=0)(_train_task)
     outcome: dict[str, str] = {}
     try:
-        pending = {task.remote(asdict(c), data_root, command, fresh, 1): c.model for c in todo}
+        pending = {
+            task.remote(asdict(c), data_root, command, fresh, 1): c.checkpoint_name for c in todo
+        }
         bar = tqdm(total=len(pending), desc=f"sweep on Ray ({len(todo)} tasks)", unit="model")
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

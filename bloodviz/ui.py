@@ -12,7 +12,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from bloodviz.checkpoints import Checkpoint, list_checkpoints, open_checkpoint, store_fingerprint
+from bloodviz.checkpoints import (
+    Checkpoint,
+    list_checkpoints,
+    open_checkpoint,
+    seed_representatives,
+    store_fingerprint,
+)
 
 # What each page imports from the engine. Sessions run in threads: on a cold server a class
 # opening the app at once imported these concurrently, and Python's per-module import locks
@@ -223,12 +229,13 @@ def sidebar_selection() -> tuple[str | None, list[Checkpoint]]:
     key = st.sidebar.selectbox(
         "Dataset", keys, index=keys.index(fullest), key="dataset", bind="query-params"
     )
-    ckpts = [checkpoint(p) for p in available[key]]
+    # runs that differ only in their seed are one model here; the leaderboard shows each
+    ckpts = seed_representatives([checkpoint(p) for p in available[key]])
     names = [c.name for c in ckpts]
     selected = st.sidebar.multiselect(
         "Models",
         names,
-        default=best_models(tuple(available[key])),
+        default=best_models(paths(ckpts)),
         key=f"models-{key}",
         bind="query-params",
         help=f"{len(names)} trained for {key}; the {DEFAULT_MODELS} most accurate are chosen "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from bloodviz.checkpoints import list_checkpoints
@@ -50,6 +51,8 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
                     "trained_on": ckpt.run.device,
                     "weights_shipped": not ckpt.predictions_only_reason,
                     "train_subset": ckpt.run.train_subset,
+                    "seed": ckpt.seed,
+                    "replicate_of": ckpt.replicate_of,
                 }
         cost = reported_cost(name)
         rows.append(
@@ -79,6 +82,19 @@ def _reported_text(r: dict) -> str:
     return f"{text} {r['split']}" + (" (IN)" if r.get("pretrained") else "")
 
 
+def _seed_sets(reproduced: dict) -> list[tuple[str, str, list[dict]]]:
+    """(dataset, split, runs) for each set of runs that differ only in their seed, lowest
+    seed first."""
+    sets: dict[tuple[str, str, str], list[dict]] = {}
+    for key, v in reproduced.items():
+        dataset, name, split = key.split("/")
+        sets.setdefault((dataset, v.get("replicate_of", name), split), []).append(v)
+    return [
+        (dataset, split, sorted(runs, key=lambda x: x.get("seed", 0)))
+        for (dataset, _, split), runs in sets.items()
+    ]
+
+
 def format_zoo(rows: list[dict]) -> str:
     """One line per model; reported figures abbreviated (IN = ImageNet-pretrained)."""
     header = (
@@ -91,13 +107,18 @@ def format_zoo(rows: list[dict]) -> str:
         if len(r["reported"]) > 3:
             reported += f" (+{len(r['reported']) - 3})"
         mine = []
-        for key, v in r["reproduced"].items():
-            dataset, ckpt, split = key.split("/")
+        for dataset, split, runs in _seed_sets(r["reproduced"]):
             if split in ("test", "test_simple"):
+                v = runs[0]  # the lowest seed
                 marks = ("*" if v["pretrained"] else "") + ("~" if v.get("train_subset") else "")
                 marks += "" if v.get("weights_shipped", True) else "p"
                 epochs = f" ({v['epochs']}ep)" if v["epochs"] else ""
-                mine.append(f"{dataset}{marks} {split} {v['accuracy']:.2f}{epochs}")
+                spread = ""
+                if len(runs) > 1:
+                    values = [x["accuracy"] for x in runs]
+                    spread = f" [{statistics.mean(values):.2f}±{statistics.stdev(values):.2f}"
+                    spread += f" over {len(runs)} seeds]"
+                mine.append(f"{dataset}{marks} {split} {v['accuracy']:.2f}{epochs}{spread}")
         printed = r["parameters_printed"]
         match = ""
         if printed:
@@ -111,6 +132,7 @@ def format_zoo(rows: list[dict]) -> str:
         "params: at the study's input size and class count, counted as Keras does (batch-norm "
         "statistics included); '=' marks an exact match with the printed count.\n"
         "reproduced: (Nep) epochs run; * ImageNet-pretrained; ~ CPU-budget run on a training "
-        "subset (val and test whole); p predictions only (no weights shipped)."
+        "subset (val and test whole); p predictions only (no weights shipped); [mean±sd over N "
+        "seeds] where a model was trained with several seeds (the figure before: the lowest)."
     )
     return "\n".join(lines)

@@ -109,3 +109,14 @@ def test_run_cards_of_every_age_load_typed_and_round_trip():
     assert {k: v for k, v in back.items() if k in old and old[k] is not None} == {
         k: v for k, v in old.items() if v is not None
     }
+
+
+def test_a_seed_other_than_0_names_its_own_checkpoint():
+    from bloodviz.checkpoints import checkpoint_name
+    from bloodviz.runcard import TrainConfig
+
+    assert checkpoint_name("cnn_baseline") == "cnn_baseline"
+    assert checkpoint_name("cnn_baseline", seed=2) == "cnn_baseline-seed2"
+    assert checkpoint_name("resnet18", True, "robust", 1) == "resnet18@imagenet-robust-seed1"
+    config = TrainConfig(model="inception_eff3", dataset="pbc", seed=1, stain_normalise="reinhard")
+    assert config.checkpoint_name == "inception_eff3-reinhard-seed1"

@@ -243,3 +243,31 @@ def test_log_ticks_cover_the_values_in_1_2_5_steps():
     assert log_ticks(np.array([0.6, 3.0, 95.0, np.nan])) == [0.5, 1, 2, 5, 10, 20, 50, 100]
     assert log_ticks(np.array([0.0, -1.0])) == []
     assert [_short_number(v) for v in (2e5, 1e6, 5e9, 0.5)] == ["200k", "1M", "5G", "0.5"]
+
+
+def test_seed_spread_summarises_the_runs_that_differ_only_in_their_seed():
+    import pandas as pd
+
+    import bloodviz.compare as compare
+
+    board = pd.DataFrame(
+        {
+            "model": ["a", "a-seed1", "a-seed2", "b"],
+            "replicate_of": ["a", "a", "a", "b"],
+            "seed": [0, 1, 2, 0],
+            "accuracy": [0.90, 0.92, 0.94, 0.80],
+            "macro_f1": [0.80, 0.80, 0.86, 0.70],
+        }
+    )
+    spread = compare.with_seed_spread(board)
+    assert list(spread["seeds"]) == [3, 3, 3, 1]
+    assert spread["accuracy_seed_mean"].iloc[0] == pytest.approx(0.92)
+    assert spread["accuracy_seed_sd"].iloc[0] == pytest.approx(0.02)  # sample sd, ddof 1
+    assert spread["macro_f1_seed_mean"].iloc[1] == pytest.approx(0.82)
+    assert pd.isna(spread["accuracy_seed_sd"].iloc[3])
+    assert list(spread["replica"]) == [False, True, True, False]
+    assert compare.seed_summary(spread.iloc[0]) == "0.9200 ± 0.0200 (3 seeds)"
+    assert compare.seed_summary(spread.iloc[3]) == "one seed"
+    spread["whole_split"], spread["study"], spread["family"] = True, "-", "CNN"
+    assert list(compare.filter_board(spread)["model"]) == ["a", "b"]
+    assert len(compare.filter_board(spread, every_seed=True)) == 4
