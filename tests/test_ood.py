@@ -200,7 +200,9 @@ def test_pages_show_the_score_its_benchmark_and_risk_coverage(fitted, monkeypatc
     app = app_test(monkeypatch, root).run()
     assert not app.exception
     assert any(e.label == "Out-of-distribution detection" for e in app.expander)
-    app.switch_page("app_pages/report.py").run()
+    app.switch_page("app_pages/report.py")
+    app.query_params["report_view"] = "Trust"  # only the open tab runs
+    app.run()
     assert not app.exception
     assert any("**Out-of-distribution score**" in m.value for m in app.markdown)
     assert any("least confident" in c.value for c in app.caption)
