@@ -70,6 +70,8 @@ every_seed = seeded and st.toggle(
     help="Off: one row per model (its lowest seed), with the mean ± standard deviation of "
     "accuracy over its seeds in 'acc over seeds'.",
 )
+# models, not runs: a model trained with several seeds counts once unless each seed is shown
+models_in_zoo = len(full_board) if every_seed else int((~full_board["replica"]).sum())
 board = filter_board(
     full_board,
     studies=pick_studies or None,
@@ -100,10 +102,10 @@ if with_ensemble:
     else:
         st.info("Choose at least two models with predictions for this split in the sidebar.")
 if board.empty:
-    st.info(f"No model passes these filters ({len(full_board)} before filtering).")
+    st.info(f"No model passes these filters ({models_in_zoo} before filtering).")
     st.stop()
 st.caption(
-    f"{len(board) - bool(added)} of {len(full_board)} model(s){added} on **{key} / {split}**. "
+    f"{len(board) - bool(added)} of {models_in_zoo} model(s){added} on **{key} / {split}**. "
     "Accuracy and macro-F1 carry 95% bootstrap intervals over the test cells; latency, "
     "throughput and memory come from each checkpoint's `bench-cpu.json` (`python -m bloodviz "
     "bench`), measured on the machine named there."
