@@ -109,6 +109,12 @@ st.caption(
     "Accuracy and macro-F1 carry 95% bootstrap intervals over the test cells; latency, "
     "throughput and memory come from each checkpoint's `bench-cpu.json` (`python -m bloodviz "
     "bench`), measured on the machine named there."
+    + (
+        " 'acc over seeds': the mean ± standard deviation over the seeds a model was trained "
+        "with (`sweep --seeds 0 1 2`); its row shows the lowest seed."
+        if seeded
+        else ""
+    )
 )
 
 shown = board.assign(
