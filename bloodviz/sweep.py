@@ -56,8 +56,8 @@ def plan(
     ``seed`` setting), and the checkpoint names already up to date."""
     names = list_models() if models == ["all"] else models
     size = size or DEFAULT_SIZES.get(dataset, 64)
-    seeds = seeds or [settings.pop("seed", None)]
-    settings.pop("seed", None)
+    single = settings.pop("seed", None)  # train's --seed, where no list of seeds is given
+    seeds = seeds or [single]
     todo, current = [], []
     for name in names:
         for seed in seeds:

@@ -131,6 +131,14 @@ def _browse(
             print(f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB (peak {hwm:.0f} MB)")
 
 
+def _projector_tab(playwright, args, timeout_ms: int):
+    """Debian's chromium and one 1280x720 tab (a projector's size): (browser, tab)."""
+    browser = playwright.chromium.launch(executable_path=args.chromium, args=list(CHROMIUM_ARGS))
+    tab = browser.new_page(viewport={"width": 1280, "height": 720})
+    tab.set_default_timeout(timeout_ms)
+    return browser, tab
+
+
 def _first_page(tab, url: str, heading: str) -> tuple[float, float, float]:
     """Seconds from opening ``url`` until the page's title, its first table, and the whole page
     with its first plot are drawn."""
@@ -169,9 +177,7 @@ def baseline_cold_start(args, scratch: Path) -> tuple[float, float, float, float
     with running_app(args.checkpoints, script=script) as (url, _):
         ready = time.perf_counter()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=list(CHROMIUM_ARGS))
-            tab = browser.new_page(viewport={"width": 1280, "height": 720})
-            tab.set_default_timeout(120_000)
+            browser, tab = _projector_tab(p, args, 120_000)
             stages = _first_page(tab, url, "Baseline")
             browser.close()
     return (ready - launched, *stages)
@@ -184,9 +190,7 @@ def _tour(url: str, pid: int, launched: float, by_dataset: dict, upload: dict, a
     first: dict[str, float] = {}
     report = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium, args=list(CHROMIUM_ARGS))
-        tab = browser.new_page(viewport={"width": 1280, "height": 720})
-        tab.set_default_timeout(120_000)
+        browser, tab = _projector_tab(p, args, 120_000)
         ready = time.perf_counter()
         heading, table, drawn = _first_page(tab, url, "Leaderboard")
         report["server answers (s after launch)"] = ready - launched
@@ -218,9 +222,7 @@ def zoo_rounds(args, by_dataset: dict) -> int:
     timings: dict[str, list[float]] = defaultdict(list)
     with running_app(args.checkpoints) as (url, pid):
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=list(CHROMIUM_ARGS))
-            tab = browser.new_page(viewport={"width": 1280, "height": 720})
-            tab.set_default_timeout(300_000)
+            browser, tab = _projector_tab(p, args, 300_000)
             tab.goto(f"{url}/?{query}")
             tab.get_by_text(f"{len(names)} of {len(names)} model(s) on {key}").wait_for()
             _wait_idle(tab)
