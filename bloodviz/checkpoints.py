@@ -193,6 +193,25 @@ def load_weights(path: Path, expected_model: str | None = None) -> dict:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
+def weights_memory_bytes(path: Path) -> int:
+    """What a weights file takes once loaded as float32 (fp16 files double), read from its
+    safetensors header alone: the app budgets its loaded networks by this before loading any."""
+    import struct
+
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        numel = int(np.prod(entry["shape"], dtype=np.int64))
+        floating = entry["dtype"] in ("F16", "BF16", "F32", "F64")
+        start, end = entry["data_offsets"]
+        total += numel * 4 if floating else end - start
+    return total
+
+
 # -- predictions ------------------------------------------------------------------------------
 @dataclass
 class Predictions:
@@ -335,6 +354,17 @@ class Checkpoint:
     @property
     def has_weights(self) -> bool:
         return self.weights_path is not None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Roughly what this network takes loaded (float32 weights; an imported ONNX model's
+        file size); 0 for a predictions-only checkpoint."""
+        if self.weights_path is not None:
+            return weights_memory_bytes(self.weights_path)
+        from bloodviz.imports import imported_onnx_file
+
+        imported = imported_onnx_file(self)
+        return imported.stat().st_size if imported is not None else 0
 
     @property
     def predictions_only_reason(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from bloodviz.checkpoints import (
     seed_representatives,
     store_fingerprint,
 )
+from bloodviz.modelcache import ModelCache
 
 # What each page imports from the engine. Sessions run in threads: on a cold server a class
 # opening the app at once imported these concurrently, and Python's per-module import locks
@@ -85,9 +87,11 @@ def remember_page_view(url_path: str) -> None:
     st.session_state.setdefault("_page_views", {})[url_path] = _page_params()
 
 
-# loaded networks (and ONNX sessions) kept at once: each is up to ~100 MB, and Streamlit
-# Community Cloud gives an app about 1-2.7 GB, most of which torch's import already takes
-MODELS_IN_MEMORY = 6
+# memory for loaded networks (PyTorch models and ONNX sessions together), least recently used
+# dropped first: torch's import takes ~500 MB of the 690 MB-2.7 GB that Streamlit Community
+# Cloud gives an app, and one resnet50 takes 90 MB (twice, when it is classified on ONNX
+# Runtime and explained on PyTorch). BLOODVIZ_MODEL_MEMORY_MB changes it for a larger machine.
+MODEL_MEMORY_MB = int(os.environ.get("BLOODVIZ_MODEL_MEMORY_MB", "256"))
 
 
 def release_freed_memory() -> None:
@@ -152,35 +156,49 @@ def checkpoint(path: str) -> Checkpoint:
     return _checkpoint(path, version(path))
 
 
-@st.cache_resource(
-    show_spinner="Loading model (its first use exports it to ONNX, a few seconds)…",
-    max_entries=MODELS_IN_MEMORY,
-)
-def _runner(path: str, written: int):
-    from bloodviz.predict import Runner
-
-    # ONNX Runtime: classifying uploads never imports torch into the app's process
-    loaded = Runner(checkpoint(path), backend="onnx")
-    release_freed_memory()
-    return loaded
+@st.cache_resource(show_spinner=False)
+def loaded_models() -> ModelCache:
+    """The networks every session shares, within ``MODEL_MEMORY_MB``."""
+    return ModelCache(MODEL_MEMORY_MB * 2**20, on_evict=release_freed_memory)
 
 
 def runner(path: str):
-    return _runner(path, version(path))
+    """The checkpoint's ONNX Runtime classifier: classifying uploads never imports torch into
+    the app's process."""
 
+    def load():
+        from bloodviz.predict import Runner
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=MODELS_IN_MEMORY)
-def _explainer(path: str, written: int):
-    from bloodviz.explain import Explainer
+        loaded = Runner(checkpoint(path), backend="onnx")
+        release_freed_memory()
+        return loaded, checkpoint(path).memory_bytes
 
-    ckpt = checkpoint(path)
-    loaded = Explainer.from_checkpoint(ckpt)
-    release_freed_memory()
-    return loaded
+    return _loaded(
+        ("onnx", path, version(path)),
+        load,
+        "Loading model (its first use exports it to ONNX, a few seconds)…",
+    )
 
 
 def explainer(path: str):
-    return _explainer(path, version(path))
+    """The checkpoint's PyTorch network with its CAMs (gradients need PyTorch)."""
+
+    def load():
+        from bloodviz.explain import Explainer
+
+        loaded = Explainer.from_checkpoint(checkpoint(path))
+        release_freed_memory()
+        return loaded, checkpoint(path).memory_bytes
+
+    return _loaded(("torch", path, version(path)), load, "Loading model…")
+
+
+def _loaded(key: tuple, load, message: str):
+    cache = loaded_models()
+    if key in cache:
+        return cache.get(key, load)
+    with st.spinner(message):
+        return cache.get(key, load)
 
 
 def explanation(path: str, image, method: str, target: int | None):
@@ -198,8 +216,6 @@ def _explanation(path: str, written: int, image, method: str, target: int | None
 def cells(name: str, size: int):
     """The dataset's cells as the models saw them: the raw images where they are on this
     machine, else the shipped cell bank (a fresh clone, Community Cloud)."""
-    import os
-
     return _cells(name, size, os.environ.get("BLOODVIZ_DATA"))
 
 
@@ -494,16 +510,24 @@ def need_models(key: str | None, ckpts: list[Checkpoint], at_least: int = 1) -> 
     st.stop()
 
 
-def at_most_loaded(ckpts: list[Checkpoint], page: str) -> list[Checkpoint]:
-    """The most accurate ``MODELS_IN_MEMORY`` of the chosen models: pages that run networks
-    keep to the models the app holds in memory at once (more would reload them every visit)."""
-    if len(ckpts) <= MODELS_IN_MEMORY:
-        return ckpts
-    kept = ranked(ckpts)[:MODELS_IN_MEMORY]
-    st.caption(
-        f"{page} runs the {MODELS_IN_MEMORY} most accurate of the {len(ckpts)} chosen models "
-        f"({', '.join(c.name for c in kept)}); choose fewer in the sidebar to pick others."
-    )
+def at_most_loaded(ckpts: list[Checkpoint], page: str, *, copies: int = 1) -> list[Checkpoint]:
+    """The most accurate of the chosen models that fit in ``MODEL_MEMORY_MB`` together (at
+    least one), each loaded ``copies`` times (the upload page: ONNX Runtime to classify and
+    PyTorch for the overlay): pages that run networks keep to what the app holds in memory at
+    once, or every visit would reload them."""
+    budget = MODEL_MEMORY_MB * 2**20 / copies
+    kept, used = [], 0
+    for ckpt in ranked(ckpts):
+        cost = ckpt.memory_bytes
+        if not kept or used + cost <= budget:
+            kept.append(ckpt)
+            used += cost
+    if len(kept) < len(ckpts):
+        st.caption(
+            f"{page} runs the most accurate of the {len(ckpts)} chosen models that fit in the "
+            f"{MODEL_MEMORY_MB} MB it keeps for networks ({', '.join(c.name for c in kept)}); "
+            "choose fewer in the sidebar to pick others."
+        )
     return kept
 
 

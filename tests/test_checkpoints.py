@@ -10,6 +10,7 @@ from bloodviz.checkpoints import (
     load_weights,
     open_checkpoint,
     save_weights,
+    weights_memory_bytes,
     write_atomic,
 )
 from bloodviz.models import create_model
@@ -70,6 +71,15 @@ def test_weights_round_trip_and_refusals(tmp_path):
         load_weights(damaged)
     with pytest.raises(CheckpointError, match="missing"):
         load_weights(tmp_path / "absent.safetensors")
+
+
+def test_memory_estimate_read_from_the_header_matches_the_loaded_model(tmp_path):
+    model = create_model("resnet18", num_classes=8)
+    path = tmp_path / "model.safetensors"
+    save_weights(model.state_dict(), path, "resnet18", fp16=True)
+    loaded = sum(t.numel() * t.element_size() for t in load_weights(path).values())
+    assert weights_memory_bytes(path) == loaded  # fp16 on disk, float32 in memory
+    assert loaded > 1.9 * path.stat().st_size
 
 
 def test_incomplete_folders_are_not_listed(tmp_path):

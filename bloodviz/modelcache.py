@@ -1,0 +1,100 @@
+"""A least-recently-used cache of loaded networks, bounded by their memory rather than their count.
+
+The app keeps networks loaded between reruns and across sessions (the Grad-CAM page's PyTorch
+models, the upload page's ONNX Runtime sessions). A count-based bound lets six resnet50-sized
+models (~100 MB each, twice over when a model is both explained and classified) sit beside
+torch's ~500 MB import, past what a 1-2.7 GB Streamlit Community Cloud box gives; six LeNets
+would take 2 MB. This cache holds as many as fit in ``budget_bytes``.
+
+Thread-safe: one cache serves every session. Two sessions asking for the same missing model load
+it once (the second waits for the first); different models load in parallel. A model evicted
+while a session still uses it stays alive until that session lets go of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+
+class ModelCache:
+    """``get(key, load)``: the value cached under ``key``, else ``load()``'s ``(value, nbytes)``.
+
+    After a load, the least recently used entries are dropped until the cached ``nbytes`` add up
+    to at most ``budget_bytes``; the entry just loaded always stays, even alone over budget (a
+    page that asked for it is about to use it). ``on_evict`` runs after entries were dropped,
+    outside the lock (the app hands the freed memory back to the OS there).
+    """
+
+    def __init__(self, budget_bytes: int, *, on_evict: Callable[[], None] | None = None):
+        if budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, not {budget_bytes}")
+        self.budget_bytes = budget_bytes
+        self._on_evict = on_evict
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[Hashable, threading.Lock] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """What the cached entries take, by their loaders' count."""
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+    def keys(self) -> list[Hashable]:
+        """Cached keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][0]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # one load per key; other keys load meanwhile
+            with self._lock:
+                if key in self._entries:  # loaded by the session we waited for
+                    self._entries.move_to_end(key)
+                    return self._entries[key][0]
+            try:
+                value, nbytes = load()
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:  # cached before its key lock goes, so nobody loads it twice
+                self._entries[key] = (value, int(nbytes))
+                self._loading.pop(key, None)
+                dropped = self._shrink(keep=key)
+        if dropped and self._on_evict is not None:
+            del dropped  # the last references, unless a session still holds one
+            self._on_evict()
+        return value
+
+    def _shrink(self, keep: Hashable) -> list:
+        dropped = []
+        total = sum(size for _, size in self._entries.values())
+        for key in list(self._entries):
+            if total <= self.budget_bytes:
+                break
+            if key == keep:
+                continue
+            value, size = self._entries.pop(key)
+            dropped.append(value)
+            total -= size
+        return dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
