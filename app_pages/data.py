@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from bloodviz import twins, ui
-from bloodviz.checkpoints import list_checkpoints, seed_representatives
+from bloodviz.checkpoints import list_checkpoints
 from bloodviz.compare import split_leakage, twin_effect
 from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import class_balance, leakage_bars, twin_bars
@@ -11,7 +11,7 @@ from bloodviz.plots import class_balance, leakage_bars, twin_bars
 
 @st.cache_data(show_spinner=False)
 def leakage(fingerprint: tuple):
-    return split_leakage(seed_representatives(list_checkpoints(fingerprint[0])))
+    return split_leakage(list_checkpoints(fingerprint[0], every_seed=False))
 
 
 def show_leakage() -> None:
@@ -40,7 +40,7 @@ def show_leakage() -> None:
 @st.cache_data(show_spinner=False)
 def twin_accuracy(fingerprint: tuple) -> pd.DataFrame:
     sources = {m.image: twins.source_of(m) for m in twins.read_sources() if m.matched}
-    ckpts = seed_representatives(list_checkpoints(fingerprint[0]))
+    ckpts = list_checkpoints(fingerprint[0], every_seed=False)
     ckpts = [c for c in ckpts if c.dataset == "blood-cells"]
     return twin_effect(ckpts, sources)
 

@@ -1,14 +1,14 @@
 import streamlit as st
 
 from bloodviz import ui
-from bloodviz.checkpoints import list_checkpoints, seed_representatives
+from bloodviz.checkpoints import list_checkpoints
 from bloodviz.compare import studies_table
 from bloodviz.plots import reported_vs_reproduced
 
 
 @st.cache_data(show_spinner=False)
 def load(fingerprint: tuple):
-    return studies_table(seed_representatives(list_checkpoints(fingerprint[0])))
+    return studies_table(list_checkpoints(fingerprint[0], every_seed=False))
 
 
 ui.current_selection()  # only to make sure app.py's navigation and sidebar ran

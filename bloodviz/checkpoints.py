@@ -545,8 +545,11 @@ def seed_representatives(ckpts: list[Checkpoint]) -> list[Checkpoint]:
     return [c for c in ckpts if id(c) in kept]
 
 
-def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -> list[Checkpoint]:
-    """Every complete checkpoint under ``root`` (folders starting with '.' are in-flight)."""
+def list_checkpoints(
+    root: Path | None = None, dataset_key: str | None = None, *, every_seed: bool = True
+) -> list[Checkpoint]:
+    """Every complete checkpoint under ``root`` (folders starting with '.' are in-flight);
+    with ``every_seed=False``, each model's lowest seed only (:func:`seed_representatives`)."""
     root = Path(root or checkpoints_root())
     found = []
     if not root.is_dir():
@@ -561,7 +564,7 @@ def list_checkpoints(root: Path | None = None, dataset_key: str | None = None) -
                 found.append(open_checkpoint(model_dir))
             except CheckpointError:
                 continue
-    return found
+    return found if every_seed else seed_representatives(found)
 
 
 def store_fingerprint(root: Path | None = None) -> tuple:

@@ -90,10 +90,10 @@ def _open(tab, link: str, heading: str) -> None:
 
 def test_leaderboard_page(page):
     """The first screen: pbc-64 (the fullest dataset) with its whole zoo."""
-    from bloodviz.checkpoints import list_checkpoints, seed_representatives
+    from bloodviz.checkpoints import list_checkpoints
 
     expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible()
-    zoo = len(seed_representatives(list_checkpoints(dataset_key="pbc-64")))  # a model once
+    zoo = len(list_checkpoints(dataset_key="pbc-64", every_seed=False))  # a model once
     expect(page.get_by_text(f"{zoo} of {zoo} model(s) on pbc-64 / test")).to_be_visible()
     expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
     expect(page.get_by_text("Pareto front").first).to_be_visible()

@@ -49,8 +49,7 @@ def test_sessions_asking_for_the_same_model_load_it_once():
     cache = ModelCache(100)
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(cache.get("m", slow_load)))
-        for _ in range(8)
+        threading.Thread(target=lambda: results.append(cache.get("m", slow_load))) for _ in range(8)
     ]
     for thread in threads:
         thread.start()

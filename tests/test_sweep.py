@@ -72,6 +72,7 @@ def test_seeds_train_beside_each_other_and_the_leaderboard_shows_their_spread(
         ("cnn_baseline-seed1", 1, "cnn_baseline"),
     ]
     assert [c.name for c in seed_representatives(ckpts)] == ["cnn_baseline"]
+    assert [c.name for c in list_checkpoints(store, every_seed=False)] == ["cnn_baseline"]
     # the two seeds really are two runs: different weights, so (almost surely) other numbers
     accuracies = [c.metrics()["test"]["accuracy"] for c in sorted(ckpts, key=lambda c: c.seed)]
     board = leaderboard(ckpts, "test")

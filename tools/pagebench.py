@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bloodviz.checkpoints import list_checkpoints, seed_representatives
+from bloodviz.checkpoints import list_checkpoints
 from bloodviz.inference import hardware_info, versions
 from tools.serve import CHROMIUM_ARGS, running_app
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="page visits each, with --zoo")
     args = parser.parse_args(argv)
     # the sidebar offers one run per model (its lowest seed)
-    ckpts = seed_representatives(list_checkpoints(args.checkpoints))
+    ckpts = list_checkpoints(args.checkpoints, every_seed=False)
     by_dataset: dict[str, list[str]] = defaultdict(list)
     for ckpt in ckpts:
         by_dataset[ckpt.dataset_key].append(ckpt.name)
