@@ -82,18 +82,23 @@ def _wait_idle(tab, timeout_ms: int = 120_000) -> None:
     )
 
 
-def _choose(tab, sidebar, key: str | None, name: str) -> None:
-    """``key``'s dataset (when given) and this checkpoint alone in the sidebar."""
-    if key is not None:
+def _choose(tab, sidebar, key: str, name: str, *, switch: bool) -> None:
+    """This checkpoint of ``key``'s dataset alone in the sidebar (``switch``: choose the dataset
+    first)."""
+    if switch:
         sidebar.locator("[data-testid=stSelectbox]").first.click()
         tab.get_by_role("option", name=key).click()
         _wait_idle(tab)
-    models = sidebar.locator("[data-testid=stMultiSelect]")
-    clear = models.get_by_role("button", name="Clear all")
-    if clear.count():
+    # the new dataset's own widget, not the last dataset's on its way out
+    models = sidebar.locator(f".st-key-models-{key} [data-testid=stMultiSelect]")
+    models.wait_for()
+    for _ in range(5):  # a rerun may redraw the defaults just after a clear
+        clear = models.get_by_role("button", name="Clear all")
+        if not clear.count():
+            break
         clear.first.click()
         _wait_idle(tab)
-    tab.wait_for_timeout(300)  # let a stale widget of the last dataset go
+        tab.wait_for_timeout(300)
     box = models.get_by_role("combobox", name="Models").first
     box.click()
     box.fill(name)  # long option lists scroll: filter to the one wanted
@@ -109,7 +114,12 @@ def _browse(
     sidebar = tab.locator("[data-testid=stSidebar]")
     for key, names in by_dataset.items():
         for n, name in enumerate(names[: args.limit]):
-            _choose(tab, sidebar, key if n == 0 else None, name)
+            try:
+                _choose(tab, sidebar, key, name, switch=n == 0)
+            except Exception:
+                tab.screenshot(path="pagebench-failure.png")
+                print(f"choosing {key}/{name} failed; the page: pagebench-failure.png")
+                raise
             for link, heading in pages:
                 tick = time.perf_counter()
                 tab.get_by_role("link", name=link).click()
