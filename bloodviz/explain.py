@@ -90,7 +90,10 @@ class Explainer:
     """CAMs for one model; ``explain`` takes a prepared ``size x size x 3`` uint8 cell."""
 
     def __init__(self, model: torch.nn.Module, model_name: str, prep: Preprocessing):
-        self.model = model.eval()
+        # CAMs need the gradient of the target layer's activations, not of the weights: with
+        # frozen weights and a gradient asked of the input instead, a backward pass no longer
+        # leaves a .grad the size of the model on every parameter (resnet50: 90 MB an explainer)
+        self.model = model.eval().requires_grad_(False)
         self.model_name = model_name
         self.prep = prep
         self.layer = resolve_target_layer(model, model_name)
@@ -109,6 +112,7 @@ class Explainer:
         cam = CAM_METHODS[method][1](
             model=self.model, target_layers=[self.layer], reshape_transform=self.reshape
         )
+        cam.compute_input_gradient = True  # the activations' gradients flow from the input
         if method in SLOW_METHODS:
             cam.batch_size = 64
         return cam

@@ -219,10 +219,16 @@ def ensure_onnx(ckpt, timeout: float = 600) -> Path:
     return path
 
 
-def onnx_session(path: Path, threads: int):
+def onnx_session(path: Path, threads: int, *, lean: bool = False):
+    """An ONNX Runtime CPU session. ``lean`` (the app, where many models share a small box)
+    skips the layout optimisations that keep a second, re-blocked copy of the convolution
+    weights: measured on malaria-64, resnet50's session takes 108 MB instead of 245 MB and
+    resnet18's 55 MB instead of 148 MB, for 3-7 ms more per image."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if lean:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

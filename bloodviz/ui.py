@@ -91,7 +91,7 @@ def remember_page_view(url_path: str) -> None:
 # dropped first: torch's import takes ~500 MB of the 690 MB-2.7 GB that Streamlit Community
 # Cloud gives an app, and one resnet50 takes 90 MB (twice, when it is classified on ONNX
 # Runtime and explained on PyTorch). BLOODVIZ_MODEL_MEMORY_MB changes it for a larger machine.
-MODEL_MEMORY_MB = int(os.environ.get("BLOODVIZ_MODEL_MEMORY_MB", "256"))
+MODEL_MEMORY_MB = int(os.environ.get("BLOODVIZ_MODEL_MEMORY_MB", "160"))
 
 
 def release_freed_memory() -> None:
@@ -169,7 +169,7 @@ def runner(path: str):
     def load():
         from bloodviz.predict import Runner
 
-        loaded = Runner(checkpoint(path), backend="onnx")
+        loaded = Runner(checkpoint(path), backend="onnx", lean=True)
         release_freed_memory()
         return loaded, checkpoint(path).memory_bytes
 

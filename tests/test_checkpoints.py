@@ -8,6 +8,7 @@ from bloodviz.checkpoints import (
     CheckpointError,
     list_checkpoints,
     load_weights,
+    load_weights_into,
     open_checkpoint,
     save_weights,
     weights_memory_bytes,
@@ -71,6 +72,18 @@ def test_weights_round_trip_and_refusals(tmp_path):
         load_weights(damaged)
     with pytest.raises(CheckpointError, match="missing"):
         load_weights(tmp_path / "absent.safetensors")
+
+    # copied in place, tensor by tensor: the same weights; a file for another shape is refused
+    fresh = create_model("cnn_baseline", num_classes=8)
+    load_weights_into(fresh, path, expected_model="cnn_baseline")
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_weights_into(create_model("cnn_baseline", num_classes=4), path, "cnn_baseline")
+    with pytest.raises(CheckpointError, match="not 'resnet18'"):
+        load_weights_into(fresh, path, expected_model="resnet18")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_weights_into(fresh, damaged)
 
 
 def test_memory_estimate_read_from_the_header_matches_the_loaded_model(tmp_path):

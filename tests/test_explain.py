@@ -78,3 +78,5 @@ def test_no_hook_outlives_a_call_and_threads_share_an_explainer_safely(cell):
     for method, cam in shared:
         np.testing.assert_allclose(cam, alone[method], atol=1e-5)
     assert _hooks(explainer.model) == before
+    # nor does a weight gradient (the model's size again, per cached explainer)
+    assert all(p.grad is None for p in explainer.model.parameters())

@@ -138,6 +138,8 @@ def test_onnx_runner_agrees_with_pytorch(ckpt, original):
         onnx = Runner(ckpt)
         assert onnx.backend == "onnxruntime"
         assert np.abs(onnx.probs(cell) - torch_probs).max() < 1e-4
+        lean = Runner(ckpt, lean=True)  # the app's lighter session computes the same
+        assert np.abs(lean.probs(cell) - torch_probs).max() < 1e-4
     finally:
         (ckpt.path / "bench-cpu.json").unlink()
     assert onnx_session(export_onnx(ckpt), 1) is not None

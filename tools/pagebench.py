@@ -128,7 +128,8 @@ def _browse(
                 seconds = time.perf_counter() - tick
                 first.setdefault(link, seconds)
                 timings[link].append(seconds)
-                if link == "Upload and classify":
+                # a predictions-only checkpoint has no network to run: no uploader
+                if link == "Upload and classify" and tab.locator("input[type=file]").count():
                     tab.locator("input[type=file]").set_input_files(upload[key])
                     tab.get_by_text("framing:").first.wait_for()
                     _wait_idle(tab)
