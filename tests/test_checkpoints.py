@@ -1,3 +1,4 @@
+import functools
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from bloodviz.checkpoints import (
     list_checkpoints,
     load_weights,
     load_weights_into,
+    model_shell,
     open_checkpoint,
     save_weights,
     weights_memory_bytes,
@@ -143,3 +145,23 @@ def test_a_seed_other_than_0_names_its_own_checkpoint():
     assert checkpoint_name("resnet18", True, "robust", 1) == "resnet18@imagenet-robust-seed1"
     config = TrainConfig(model="inception_eff3", dataset="pbc", seed=1, stain_normalise="reinhard")
     assert config.checkpoint_name == "inception_eff3-reinhard-seed1"
+
+
+@pytest.mark.slow
+def test_every_model_loads_into_a_meta_built_shell_and_computes_the_same(tmp_path):
+    """Checkpoints load into a shell built without initialising it (``model_shell``): for every
+    registered model, the same outputs as the model whose weights were saved."""
+    from bloodviz.models import list_models
+
+    image = torch.rand(2, 3, 64, 64)
+    for name in list_models():
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=8, in_size=64).eval()
+        path = tmp_path / f"{name}.safetensors"
+        save_weights(model.state_dict(), path, name, fp16=False)
+        shell = model_shell(functools.partial(create_model, name, num_classes=8, in_size=64))
+        load_weights_into(shell, path, expected_model=name)
+        shell.eval()
+        assert not any(t.is_meta for t in [*shell.parameters(), *shell.buffers()]), name
+        with torch.no_grad():
+            torch.testing.assert_close(shell(image), model(image), msg=name)
