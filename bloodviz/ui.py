@@ -94,6 +94,15 @@ def remember_page_view(url_path: str) -> None:
 MODEL_MEMORY_MB = int(os.environ.get("BLOODVIZ_MODEL_MEMORY_MB", "160"))
 
 
+def limit_heap_arenas(count: int = 2) -> None:
+    """Let glibc keep at most ``count`` heaps for the app's threads. Streamlit runs every rerun
+    on a new thread, and glibc gives busy threads heaps of their own (up to 8 per core), each
+    holding on to what it freed. A no-op where glibc is not the C library."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, count)  # M_ARENA_MAX
+
+
 def release_freed_memory() -> None:
     """Hand memory freed while loading (ONNX export, weight conversion) back to the OS.
 
@@ -105,14 +114,22 @@ def release_freed_memory() -> None:
 
 
 @functools.cache
-def _malloc_trim():
+def _libc():
     import ctypes
     import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if not (hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")):
+            return None  # not glibc
+    except (OSError, TypeError):
         return None
+    return libc
+
+
+def _malloc_trim():
+    libc = _libc()
+    return None if libc is None else libc.malloc_trim
 
 
 def release_after_page(url_path: str) -> None:
