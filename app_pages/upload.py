@@ -13,7 +13,7 @@ from bloodviz.preprocess import upscale
 
 st.title("Upload and classify")
 key, ckpts = ui.current_selection()
-ckpts = ui.at_most_loaded(ui.with_weights(ckpts, gradients=False), "Upload and classify", copies=2)
+ckpts = ui.at_most_loaded(ui.with_weights(ckpts, gradients=False), "Upload and classify")
 if not ckpts:
     st.info(
         f"Choose a dataset and at least one model in the sidebar. No checkpoint yet? "

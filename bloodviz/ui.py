@@ -527,12 +527,12 @@ def need_models(key: str | None, ckpts: list[Checkpoint], at_least: int = 1) -> 
     st.stop()
 
 
-def at_most_loaded(ckpts: list[Checkpoint], page: str, *, copies: int = 1) -> list[Checkpoint]:
+def at_most_loaded(ckpts: list[Checkpoint], page: str) -> list[Checkpoint]:
     """The most accurate of the chosen models that fit in ``MODEL_MEMORY_MB`` together (at
-    least one), each loaded ``copies`` times (the upload page: ONNX Runtime to classify and
-    PyTorch for the overlay): pages that run networks keep to what the app holds in memory at
-    once, or every visit would reload them."""
-    budget = MODEL_MEMORY_MB * 2**20 / copies
+    least one): pages that run networks keep to what the app holds in memory at once, or every
+    visit would reload them. (The upload page's optional overlay loads a PyTorch copy too; the
+    cache then drops the least recently used.)"""
+    budget = MODEL_MEMORY_MB * 2**20
     kept, used = [], 0
     for ckpt in ranked(ckpts):
         cost = ckpt.memory_bytes
