@@ -17,6 +17,7 @@ never sees a half-written checkpoint; ``run.json`` is required for a folder to c
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -412,7 +413,7 @@ class Checkpoint:
     def has_weights(self) -> bool:
         return self.weights_path is not None
 
-    @property
+    @functools.cached_property  # pages ask on every rerun; the app caches Checkpoint objects
     def memory_bytes(self) -> int:
         """Roughly what this network takes loaded (float32 weights; an imported ONNX model's
         file size); 0 for a predictions-only checkpoint."""

@@ -41,10 +41,6 @@ class ModelCache:
         with self._lock:
             return key in self._entries
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
     @property
     def nbytes(self) -> int:
         """What the cached entries take, by their loaders' count."""
@@ -94,7 +90,3 @@ class ModelCache:
             dropped.append(value)
             total -= size
         return dropped
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
