@@ -112,6 +112,9 @@ else:
 runners = {c.name: ui.runner(str(c.path)) for c in ckpts}
 with st.spinner(f"Classifying {len(inputs)} image(s)…"):
     results = classify(inputs, ckpts, runners, framing)
+# let go of the ONNX sessions before an overlay loads the PyTorch copies: the cache can then free
+# a resnet50-sized session instead of holding both copies at once
+del runners
 
 rows = result_rows(results, classes)
 table = pd.DataFrame(rows)

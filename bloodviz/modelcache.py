@@ -52,7 +52,13 @@ class ModelCache:
         with self._lock:
             return list(self._entries)
 
-    def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
+    def get(
+        self, key: Hashable, load: Callable[[], tuple[Any, int]], *, expected_bytes: int = 0
+    ) -> Any:
+        """``expected_bytes``: what the load will take, known beforehand (a weights file's
+        header): the least recently used entries go *before* it runs, so the new model is never
+        built beside the ones it is about to replace: the cache's peak stays near its budget
+        instead of budget + the new model + what building it takes."""
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -63,6 +69,13 @@ class ModelCache:
                 if key in self._entries:  # loaded by the session we waited for
                     self._entries.move_to_end(key)
                     return self._entries[key][0]
+            if expected_bytes > 0:
+                with self._lock:
+                    made_room = self._shrink(keep=None, room=expected_bytes)
+                if made_room:
+                    del made_room
+                    if self._on_evict is not None:
+                        self._on_evict()
             try:
                 value, nbytes = load()
             except BaseException:
@@ -78,11 +91,12 @@ class ModelCache:
             self._on_evict()
         return value
 
-    def _shrink(self, keep: Hashable) -> list:
+    def _shrink(self, keep: Hashable | None, room: int = 0) -> list:
+        """Drop least recently used entries (never ``keep``) until ``room`` more bytes fit."""
         dropped = []
         total = sum(size for _, size in self._entries.values())
         for key in list(self._entries):
-            if total <= self.budget_bytes:
+            if total + room <= self.budget_bytes:
                 break
             if key == keep:
                 continue

@@ -194,6 +194,7 @@ def runner(path: str):
         ("onnx", path, version(path)),
         load,
         "Loading model (its first use exports it to ONNX, a few seconds)…",
+        checkpoint(path).memory_bytes,
     )
 
 
@@ -203,19 +204,33 @@ def explainer(path: str):
     def load():
         from bloodviz.explain import Explainer
 
+        one_torch_thread()
         loaded = Explainer.from_checkpoint(checkpoint(path))
         release_freed_memory()
         return loaded, checkpoint(path).memory_bytes
 
-    return _loaded(("torch", path, version(path)), load, "Loading model…")
+    return _loaded(
+        ("torch", path, version(path)), load, "Loading model…", checkpoint(path).memory_bytes
+    )
 
 
-def _loaded(key: tuple, load, message: str):
+def one_torch_thread() -> None:
+    """PyTorch in the app computes with one thread per session. Sessions run at once (a class),
+    and two OpenMP threads per op on 2 busy cores spin against each other: with the other core
+    busy, a resnet50 Grad-CAM with its ROAD score took 13.6 s on two threads and 0.87 s on one
+    (0.32 s vs 0.47 s on an idle machine), and oneDNN's two-thread scratch took 54 MB more."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _loaded(key: tuple, load, message: str, nbytes: int):
     cache = loaded_models()
     if key in cache:
         return cache.get(key, load)
     with st.spinner(message):
-        return cache.get(key, load)
+        return cache.get(key, load, expected_bytes=nbytes)
 
 
 def explanation(path: str, image, method: str, target: int | None):
@@ -433,7 +448,6 @@ def _predictions(path: str, split: str, written: int):
     return checkpoint(path).predictions(split)
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
 @st.cache_data(show_spinner=False, max_entries=64)
 def _ood_scores(path: str, split: str, written: int):
     from bloodviz.ood import read_card, stored_scores

@@ -27,6 +27,21 @@ def test_least_recently_used_models_go_first_once_over_budget():
     assert evictions == [1]
 
 
+def test_room_is_made_before_a_load_whose_size_is_known():
+    cache = ModelCache(100)
+    cache.get("a", loader("A", 40))
+    cache.get("b", loader("B", 40))
+    held_while_loading = []
+
+    def load_c():
+        held_while_loading.append(cache.keys())
+        return "C", 50
+
+    cache.get("c", load_c, expected_bytes=50)
+    assert held_while_loading == [["b"]]  # a went before c was built, not after
+    assert cache.keys() == ["b", "c"]
+
+
 def test_a_model_over_budget_alone_is_kept_until_the_next():
     cache = ModelCache(100)
     cache.get("small", loader("S", 10))

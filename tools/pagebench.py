@@ -138,6 +138,9 @@ def _browse(
                     _wait_idle(tab)
                 if tab.locator("[data-testid=stException]").count():
                     print(f"EXCEPTION on {link} with {key}/{name}")
+                if args.each_page:
+                    rss, hwm = _memory_mb(pid)
+                    print(f"  {link:26s} {seconds:5.2f} s, resident {rss:.0f} MB (peak {hwm:.0f})")
             rss, hwm = _memory_mb(pid)
             print(f"{key:16s} {name:20s} pages done, app resident {rss:.0f} MB (peak {hwm:.0f} MB)")
 
@@ -272,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="checkpoints per dataset")
     parser.add_argument(
         "--zoo", default=None, help="instead: every page with all of this dataset's models chosen"
+    )
+    parser.add_argument(
+        "--each-page", action="store_true", help="print the app's memory after every page visit"
     )
     parser.add_argument("--rounds", type=int, default=5, help="page visits each, with --zoo")
     args = parser.parse_args(argv)
