@@ -54,7 +54,8 @@ show_cam = st.toggle(
     "Grad-CAM overlay",
     value=False,
     help="Classification runs on ONNX Runtime; a saliency map needs the network's gradients, "
-    "so the first overlay loads PyTorch (a few seconds, about 600 MB).",
+    "so the first overlay loads PyTorch (a few seconds, about 600 MB). With the overlay on, "
+    "the same PyTorch networks classify too.",
 )
 truth: dict[str, str] = {}
 if files:
@@ -109,12 +110,11 @@ else:
     truth = {name: true_class for name, _, true_class in samples}
     framing = "cell"
 
-runners = {c.name: ui.runner(str(c.path)) for c in ckpts}
+# with the overlay on, the PyTorch copies it needs classify too: one copy of each network
+runners = {c.name: ui.runner(str(c.path), on_explainer=show_cam and c.has_weights) for c in ckpts}
 with st.spinner(f"Classifying {len(inputs)} image(s)…"):
     results = classify(inputs, ckpts, runners, framing)
-# let go of the ONNX sessions before an overlay loads the PyTorch copies: the cache can then free
-# a resnet50-sized session instead of holding both copies at once
-del runners
+del runners  # the cache may drop an ONNX session now that the images are classified
 
 rows = result_rows(results, classes)
 table = pd.DataFrame(rows)

@@ -98,7 +98,7 @@ class Explainer:
         self.prep = prep
         self.layer = resolve_target_layer(model, model_name)
         self.reshape = cam_reshape(model_name)
-        self._lock = threading.Lock()  # one pass through the shared model at a time
+        self.lock = threading.Lock()  # one pass through the shared model at a time (Runner too)
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> Explainer:
@@ -118,7 +118,7 @@ class Explainer:
         return cam
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        with self._lock:
+        with self.lock:
             return self._probabilities(self.prep.normalize(image))
 
     def _probabilities(self, tensor: torch.Tensor) -> np.ndarray:
@@ -134,7 +134,7 @@ class Explainer:
         faithfulness: bool = False,
     ) -> Explanation:
         tensor = self.prep.normalize(image)
-        with self._lock:
+        with self.lock:
             probs = self._probabilities(tensor)
             target = int(np.argmax(probs)) if target is None else int(target)
             tick = time.perf_counter()
@@ -154,7 +154,7 @@ class Explainer:
         return Explanation(method, target, probs, cam, overlay, seconds, road)
 
     def faithfulness(self, tensor: torch.Tensor, cam: np.ndarray, target: int) -> dict:
-        with self._lock:
+        with self.lock:
             return self._faithfulness(tensor, cam, target)
 
     def _faithfulness(self, tensor: torch.Tensor, cam: np.ndarray, target: int) -> dict:

@@ -156,7 +156,19 @@ class Runner:
     sessions that take about half the memory for a few ms more per image (the app).
     """
 
-    def __init__(self, ckpt: Checkpoint, backend: Backend = "auto", *, lean: bool = False):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        backend: Backend = "auto",
+        *,
+        lean: bool = False,
+        model=None,
+        lock: threading.Lock | None = None,
+    ):
+        """``model``: the checkpoint's network already loaded by another user (the app's
+        Grad-CAM copy), run on PyTorch as it is instead of loading a second copy; ``lock``:
+        the lock that user holds for each pass through it (hooks on a shared model must not
+        see another thread's pass)."""
         from bloodviz.inference import ensure_onnx, onnx_session
 
         if backend not in ("auto", "onnx", "pytorch"):
@@ -167,12 +179,17 @@ class Runner:
         self._model = None
         self._layers: dict[str, str] | None = None
         self._parts: list[str | None] | None = None
-        self._lock = threading.Lock()  # a feature hook on a shared PyTorch model: one pass
+        self._lock = lock or threading.Lock()  # one pass at a time through a PyTorch model
         bench = ckpt.bench() or {}
         from bloodviz.imports import imported_onnx_file
         from bloodviz.ood import load_detector
 
         self.detector = load_detector(ckpt)
+        if model is not None:
+            self._model = model
+            self._outputs = "logits"
+            self._use_detector_layers()
+            return
 
         imported = imported_onnx_file(ckpt)
         if imported is not None:  # an imported ONNX model has nothing else to run on
@@ -190,10 +207,13 @@ class Runner:
             self.backend = "onnxruntime"
         else:
             self._model = ckpt.load_model()
-            if self.detector is not None:
-                from bloodviz.ood import detector_layers_of
+            self._use_detector_layers()
 
-                self._layers = detector_layers_of(self.detector)
+    def _use_detector_layers(self) -> None:
+        if self.detector is not None:
+            from bloodviz.ood import detector_layers_of
+
+            self._layers = detector_layers_of(self.detector)
 
     @property
     def _output_parts(self) -> list[str | None]:
@@ -213,7 +233,8 @@ class Runner:
         features: dict[str, np.ndarray] = {}
         if self._session is None:
             if self._layers is None:
-                return predict_probs(self._model, prep, images), None
+                with self._lock:
+                    return predict_probs(self._model, prep, images), None
             from bloodviz.ood import logits_and_features
 
             with self._lock:

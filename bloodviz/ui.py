@@ -179,9 +179,16 @@ def loaded_models() -> ModelCache:
     return ModelCache(MODEL_MEMORY_MB * 2**20, on_evict=release_freed_memory)
 
 
-def runner(path: str):
+def runner(path: str, *, on_explainer: bool = False):
     """The checkpoint's ONNX Runtime classifier: classifying uploads never imports torch into
-    the app's process."""
+    the app's process. ``on_explainer``: a PyTorch classifier on the copy Grad-CAM loads
+    instead, for a page that needs that copy anyway (the upload page's overlay): one copy of the
+    network in memory, not two, and no reload of either on every rerun."""
+    if on_explainer:
+        from bloodviz.predict import Runner
+
+        loaded = explainer(path)
+        return Runner(checkpoint(path), model=loaded.model, lock=loaded.lock)
 
     def load():
         from bloodviz.predict import Runner

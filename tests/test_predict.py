@@ -145,6 +145,29 @@ def test_onnx_runner_agrees_with_pytorch(ckpt, original):
     assert onnx_session(export_onnx(ckpt), 1) is not None
 
 
+def test_a_runner_on_the_explainers_model_shares_its_lock_and_its_answers(ckpt, original):
+    from bloodviz.explain import Explainer
+
+    explainer = Explainer.from_checkpoint(ckpt)
+    runner = Runner(ckpt, model=explainer.model, lock=explainer.lock)
+    cell = ckpt.preprocessing.prepare(original, "full")[None]
+    assert runner.backend == "pytorch" and runner._model is explainer.model
+    assert np.abs(runner.probs(cell) - Runner(ckpt, backend="pytorch").probs(cell)).max() < 1e-5
+    assert np.abs(runner.probs(cell)[0] - explainer.probabilities(cell[0])).max() < 1e-5
+    explainer.lock.acquire()  # a Grad-CAM pass holds it: the runner waits for it
+    try:
+        import threading
+
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (runner.probs(cell), done.set()))
+        worker.start()
+        assert not done.wait(0.5)
+    finally:
+        explainer.lock.release()
+    assert done.wait(30)
+    worker.join()
+
+
 def test_upload_classification_runs_without_torch(ckpt, original, tmp_path):
     """The app's path: ONNX Runtime only, exported by a child process; torch never imported."""
     import subprocess
