@@ -72,10 +72,7 @@ class ModelCache:
             if expected_bytes > 0:
                 with self._lock:
                     made_room = self._shrink(keep=None, room=expected_bytes)
-                if made_room:
-                    del made_room
-                    if self._on_evict is not None:
-                        self._on_evict()
+                self._release(made_room)
             try:
                 value, nbytes = load()
             except BaseException:
@@ -86,10 +83,16 @@ class ModelCache:
                 self._entries[key] = (value, int(nbytes))
                 self._loading.pop(key, None)
                 dropped = self._shrink(keep=key)
-        if dropped and self._on_evict is not None:
-            del dropped  # the last references, unless a session still holds one
-            self._on_evict()
+        self._release(dropped)
         return value
+
+    def _release(self, dropped: list) -> None:
+        """Let go of evicted values (the last references, unless a session still holds one),
+        then run ``on_evict``; outside the lock."""
+        if dropped:
+            dropped.clear()
+            if self._on_evict is not None:
+                self._on_evict()
 
     def _shrink(self, keep: Hashable | None, room: int = 0) -> list:
         """Drop least recently used entries (never ``keep``) until ``room`` more bytes fit."""

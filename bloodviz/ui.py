@@ -195,7 +195,7 @@ def runner(path: str, *, on_explainer: bool = False):
 
         loaded = Runner(checkpoint(path), backend="onnx", lean=True)
         release_freed_memory()
-        return loaded, checkpoint(path).memory_bytes
+        return loaded
 
     return _loaded(
         ("onnx", path, version(path)),
@@ -214,7 +214,7 @@ def explainer(path: str):
         one_torch_thread()
         loaded = Explainer.from_checkpoint(checkpoint(path))
         release_freed_memory()
-        return loaded, checkpoint(path).memory_bytes
+        return loaded
 
     return _loaded(
         ("torch", path, version(path)), load, "Loading model…", checkpoint(path).memory_bytes
@@ -233,11 +233,16 @@ def one_torch_thread() -> None:
 
 
 def _loaded(key: tuple, load, message: str, nbytes: int):
+    """``load()``'s network from the shared cache, which counts it as ``nbytes``."""
     cache = loaded_models()
+
+    def sized():
+        return load(), nbytes
+
     if key in cache:
-        return cache.get(key, load)
+        return cache.get(key, sized)
     with st.spinner(message):
-        return cache.get(key, load, expected_bytes=nbytes)
+        return cache.get(key, sized, expected_bytes=nbytes)
 
 
 def explanation(path: str, image, method: str, target: int | None):
