@@ -6,6 +6,7 @@ from bloodviz import ui
 
 st.set_page_config(page_title="bloodviz", page_icon=":material/bloodtype:", layout="wide")
 ui.limit_heap_arenas()  # before the first page's threads allocate: see its docstring
+ui.keep_triton_out()  # before a page imports torchvision: see its docstring
 
 
 def page(script: str, title: str, icon: str, **options) -> st.Page:

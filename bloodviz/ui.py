@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -219,6 +220,21 @@ def explainer(path: str):
     return _loaded(
         ("torch", path, version(path)), load, "Loading model…", checkpoint(path).memory_bytes
     )
+
+
+def keep_triton_out() -> None:
+    """The app runs PyTorch eagerly and compiles nothing, yet torchvision's import reaches
+    torch._dynamo, which loads Triton (the GPU kernel compiler) wherever it is installed: 84 MB
+    resident with this machine's CUDA build of torch (Community Cloud's CPU build has no
+    Triton). Marking it absent before that import keeps it out; dynamo then works without it,
+    as on a CPU build."""
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # import fails; importlib.util.find_spec answers None
+
+
+def explainer_loaded(path: str) -> bool:
+    """Whether the checkpoint's PyTorch network is already in the shared cache."""
+    return ("torch", path, version(path)) in loaded_models()
 
 
 def one_torch_thread() -> None:
