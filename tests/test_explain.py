@@ -55,6 +55,41 @@ def test_all_methods_and_faithfulness(cell):
         explainer.explain(image, "saliencymagic")
 
 
+@pytest.mark.parametrize("name", ["cnn_baseline", "resnet18", "timm:deit_tiny_patch16_224"])
+def test_maps_match_the_library_used_plainly_and_skip_the_backward_before_the_layer(name, cell):
+    """The backward pass starts at the target layer (weights frozen): the maps are the ones
+    pytorch-grad-cam gives on an unfrozen copy, and no layer before the target builds a graph."""
+    import copy
+
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from bloodviz.explain import cam_reshape, resolve_target_layer
+
+    ds, image = cell
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=8, in_size=64).eval()
+    plain = copy.deepcopy(model)
+    explainer = Explainer(model, name, ds.preprocessing())
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    graph_before = []
+    watch = first.register_forward_hook(lambda m, i, out: graph_before.append(out.requires_grad))
+    tensor = ds.preprocessing().normalize(image)
+    try:
+        for method in ("gradcam", "hirescam", "layercam", "eigencam"):
+            ours = explainer.explain(image, method, target=3).cam
+            cam = CAM_METHODS[method][1](
+                model=plain,
+                target_layers=[resolve_target_layer(plain, name)],
+                reshape_transform=cam_reshape(name),
+            )
+            with cam:
+                theirs = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(3)])[0]
+            np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=method)
+    finally:
+        watch.remove()
+    assert graph_before and not any(graph_before)
+
+
 def _hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
 
