@@ -61,6 +61,21 @@ def _memory_mb(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def cuda_libraries_mb(pid: int) -> float:
+    """Resident MiB of the CUDA libraries a CUDA build of torch maps at ``import torch``
+    (cuBLAS, NVRTC, nvJitLink, libtorch_cuda...), used by nothing on a CPU and absent from the
+    CPU build that Community Cloud installs."""
+    total, cuda = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+            path = fields[5] if len(fields) > 5 else ""
+            cuda = "/nvidia/" in path or "_cuda" in Path(path).name
+        elif cuda and fields and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total / 1024
+
+
 FLOOR_IMPORTS = (
     "import streamlit, plotly.express, pandas, torch, timm, onnxruntime, pytorch_grad_cam"
 )
@@ -224,6 +239,7 @@ def _tour(url: str, pid: int, launched: float, by_dataset: dict, upload: dict, a
         for phase, pages in (("comparison pages", COMPARISON_PAGES), ("full tour", INSPECT_PAGES)):
             _browse(tab, pid, pages, by_dataset, upload, timings, first, args)
             report[phase] = _memory_mb(pid)
+            report["cuda libraries"] = cuda_libraries_mb(pid)
             print(
                 f"after the {phase}: app resident {report[phase][0]:.0f} MB, peak "
                 f"{report[phase][1]:.0f} MB"
@@ -357,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"of which the import floor (a fresh process running only `{FLOOR_IMPORTS}`, Triton "
         f"kept out) is {floor:.0f} MB; models, data and caches add {hwm - floor:.0f} MB at the peak"
+    )
+    cuda = report["cuda libraries"]
+    print(
+        f"of the app's resident memory, {cuda:.0f} MB are CUDA libraries this CUDA build of torch "
+        f"maps and a CPU never uses (not in the CPU build): {hwm - cuda:.0f} MB at the peak "
+        "without them"
     )
     print(f"hardware: {hardware_info(None)}; versions: {versions()}")
     return 0
