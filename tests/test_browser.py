@@ -270,6 +270,7 @@ def test_pages_show_cells_from_the_bank_without_any_data(page, server_without_da
 def test_a_view_survives_a_reload_and_a_shared_link(page, server):
     """Choices go into the address: a reload, or the link opened elsewhere, shows them."""
     tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    tab.set_default_timeout(90_000)  # a new tab's is 30 s: too short on 2 busy cores
     try:
         tab.goto(server + "/report?dataset=blood-cells-64&report_model=acnet")
         expect(tab.get_by_role("heading", name="Model report")).to_be_visible()
@@ -321,6 +322,7 @@ def test_back_and_forward_restore_each_pages_choices(page, server):
     """Report tab -> leaderboard split -> head-to-head; Back shows the leaderboard with its
     split and then the report on its tab; Forward goes the other way."""
     tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    tab.set_default_timeout(90_000)  # a new tab's is 30 s: too short on 2 busy cores
     try:
         tab.goto(server + "/report?dataset=blood-cells-64&report_model=acnet")
         expect(tab.get_by_role("heading", name="Model report")).to_be_visible()
