@@ -51,6 +51,14 @@ def fresh_server():
     yield from _streamlit_app()
 
 
+def _projector_tab(browser):
+    """A 1280x720 tab (a projector's size) that waits 90 s: Playwright's 30 s default is too
+    short for a page's first run on 2 busy cores."""
+    tab = browser.new_page(viewport={"width": 1280, "height": 720})
+    tab.set_default_timeout(90_000)
+    return tab
+
+
 @pytest.fixture(scope="module")
 def page(server):
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -59,8 +67,7 @@ def page(server):
             executable_path=CHROMIUM,
             args=list(CHROMIUM_ARGS),
         )
-        tab = browser.new_page(viewport={"width": 1280, "height": 720})
-        tab.set_default_timeout(90_000)
+        tab = _projector_tab(browser)
         tab.goto(server)
         yield tab
         browser.close()
@@ -151,7 +158,7 @@ def test_data_page(page):
 
 def test_deep_link_on_a_fresh_server_runs_the_whole_app(page, fresh_server):
     """A shared /head_to_head link as a fresh server's first request still gets app.py."""
-    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    tab = _projector_tab(page.context.browser)
     tab.goto(fresh_server + "/head_to_head")
     expect(tab.get_by_role("heading", name="Head-to-head")).to_be_visible()
     expect(tab.locator("[data-testid=stSidebar]").get_by_text("Dataset")).to_be_visible()
@@ -249,7 +256,7 @@ def server_without_data(tmp_path):
 
 
 def test_pages_show_cells_from_the_bank_without_any_data(page, server_without_data):
-    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    tab = _projector_tab(page.context.browser)
     try:
         tab.goto(server_without_data + "/data")
         expect(tab.get_by_role("heading", name="Data")).to_be_visible()
@@ -269,8 +276,7 @@ def test_pages_show_cells_from_the_bank_without_any_data(page, server_without_da
 
 def test_a_view_survives_a_reload_and_a_shared_link(page, server):
     """Choices go into the address: a reload, or the link opened elsewhere, shows them."""
-    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
-    tab.set_default_timeout(90_000)  # a new tab's is 30 s: too short on 2 busy cores
+    tab = _projector_tab(page.context.browser)
     try:
         tab.goto(server + "/report?dataset=blood-cells-64&report_model=acnet")
         expect(tab.get_by_role("heading", name="Model report")).to_be_visible()
@@ -283,7 +289,7 @@ def test_a_view_survives_a_reload_and_a_shared_link(page, server):
         tab.reload()
         expect(tab.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
         _no_exception(tab)
-        other = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+        other = _projector_tab(page.context.browser)
         other.goto(url)  # a shared link: a new session
         expect(other.get_by_text("Explain these cells with Grad-CAM")).to_be_visible()
         from bloodviz.checkpoints import find_checkpoint
@@ -321,8 +327,7 @@ def _step_until(tab, step, heading: str) -> None:
 def test_back_and_forward_restore_each_pages_choices(page, server):
     """Report tab -> leaderboard split -> head-to-head; Back shows the leaderboard with its
     split and then the report on its tab; Forward goes the other way."""
-    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
-    tab.set_default_timeout(90_000)  # a new tab's is 30 s: too short on 2 busy cores
+    tab = _projector_tab(page.context.browser)
     try:
         tab.goto(server + "/report?dataset=blood-cells-64&report_model=acnet")
         expect(tab.get_by_role("heading", name="Model report")).to_be_visible()
@@ -364,7 +369,7 @@ def test_slide_export_opens_in_the_browser(page, tmp_path):
         page.get_by_role("button", name="Download HTML report").click()
     saved = tmp_path / "report.html"
     download.value.save_as(saved)
-    tab = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    tab = _projector_tab(page.context.browser)
     try:
         tab.goto(saved.as_uri())
         expect(tab.get_by_text("Dataset pbc-64, split test").first).to_be_visible()

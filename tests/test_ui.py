@@ -33,10 +33,11 @@ cell = np.full((64, 64, 3), 200, dtype=np.uint8)
 explained = Explainer.from_checkpoint(ckpt).explain(cell, "gradcam")
 print(sys.modules["triton"], explained.cam.shape, export_onnx(ckpt).stat().st_size > 0)
 """
+    import os
     import subprocess
     import sys
 
-    env = {**__import__("os").environ, "BLOODVIZ_CACHE": str(tmp_path)}
+    env = {**os.environ, "BLOODVIZ_CACHE": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )

@@ -239,12 +239,12 @@ def _tour(url: str, pid: int, launched: float, by_dataset: dict, upload: dict, a
         for phase, pages in (("comparison pages", COMPARISON_PAGES), ("full tour", INSPECT_PAGES)):
             _browse(tab, pid, pages, by_dataset, upload, timings, first, args)
             report[phase] = _memory_mb(pid)
-            report["cuda libraries"] = cuda_libraries_mb(pid)
             print(
                 f"after the {phase}: app resident {report[phase][0]:.0f} MB, peak "
                 f"{report[phase][1]:.0f} MB"
             )
         browser.close()
+    report["cuda libraries"] = cuda_libraries_mb(pid)  # mapped at import torch: read once
     report["timings"], report["first"] = timings, first
     return report
 
