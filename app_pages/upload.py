@@ -110,14 +110,8 @@ else:
     truth = {name: true_class for name, _, true_class in samples}
     framing = "cell"
 
-# with the overlay on, or after the Grad-CAM page loaded a network, its PyTorch copy classifies
-# too: one copy of each network in memory, and no ONNX export beside it
-runners = {
-    c.name: ui.runner(
-        str(c.path), on_explainer=c.has_weights and (show_cam or ui.explainer_loaded(str(c.path)))
-    )
-    for c in ckpts
-}
+# with the overlay on, the PyTorch copies it needs classify too: one copy of each network
+runners = {c.name: ui.runner(str(c.path), on_explainer=show_cam and c.has_weights) for c in ckpts}
 with st.spinner(f"Classifying {len(inputs)} image(s)…"):
     results = classify(inputs, ckpts, runners, framing)
 del runners  # the cache may drop an ONNX session now that the images are classified

@@ -184,8 +184,9 @@ def runner(path: str, *, on_explainer: bool = False):
     """The checkpoint's ONNX Runtime classifier: classifying uploads never imports torch into
     the app's process. ``on_explainer``: a PyTorch classifier on the copy Grad-CAM loads
     instead, for a page that needs that copy anyway (the upload page's overlay): one copy of the
-    network in memory, not two, and no reload of either on every rerun."""
-    if on_explainer:
+    network in memory, not two, and no reload of either on every rerun. Where Grad-CAM has already
+    loaded that copy, it classifies too: no ONNX export or session beside it."""
+    if on_explainer or _explainer_loaded(path):
         from bloodviz.predict import Runner
 
         loaded = explainer(path)
@@ -232,7 +233,7 @@ def keep_triton_out() -> None:
         sys.modules["triton"] = None  # import fails; importlib.util.find_spec answers None
 
 
-def explainer_loaded(path: str) -> bool:
+def _explainer_loaded(path: str) -> bool:
     """Whether the checkpoint's PyTorch network is already in the shared cache."""
     return ("torch", path, version(path)) in loaded_models()
 
