@@ -115,7 +115,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="CHECKPOINT",
         help="fine-tune: start from the weights of this checkpoint of the same model, dataset "
-        "and size (e.g. --init-from inception_eff3 for a robust variant of the plain run)",
+        "and size (e.g. --init-from inception_eff3 for a robust variant of the plain run), or "
+        "of another dataset's as <dataset>-<size>/<name> (e.g. pbc-64/vgg16): every layer "
+        "but the output layer",
     )
     p.add_argument("--limit-per-class", type=int, default=None, help="small subsets for tests")
     p.add_argument(

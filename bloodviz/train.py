@@ -326,18 +326,54 @@ def start_run(
 
 
 def _load_start_weights(model, config: TrainConfig, dataset_key: str, checkpoints, log) -> None:
-    """Fine-tuning: the weights of checkpoint ``config.init_from`` (same model, dataset and
-    size), checked to fit before any training time is spent."""
+    """Fine-tuning: the weights of checkpoint ``config.init_from``, checked to fit before any
+    training time is spent. ``name`` is a checkpoint of the same dataset and size;
+    ``<dataset>-<size>/<name>`` one of another dataset (e.g. ``pbc-64/vgg16`` for a
+    blood-cells run), whose output layer alone is left as initialised, since the class
+    counts differ."""
     from bloodviz.checkpoints import CheckpointError, checkpoint_dir, open_checkpoint
 
-    source = open_checkpoint(checkpoint_dir(dataset_key, config.init_from, checkpoints))
+    source_key, _, source_name = config.init_from.rpartition("/")
+    source_key = source_key or dataset_key
+    source = open_checkpoint(checkpoint_dir(source_key, source_name, checkpoints))
     if source.model != config.model:
         raise CheckpointError(
             f"--init-from {config.init_from} is a {source.model}, not a {config.model}"
         )
-    # load_model refuses a predictions-only checkpoint and weights that do not fit
-    model.load_state_dict(source.load_model().state_dict())
-    log(f"starting from the weights of {dataset_key}/{config.init_from}")
+    if source_key == dataset_key:
+        # load_model refuses a predictions-only checkpoint and weights that do not fit
+        model.load_state_dict(source.load_model().state_dict())
+    else:
+        _load_all_but_the_output_layer(model, source, config.init_from)
+    log(f"starting from the weights of {source_key}/{source_name}")
+
+
+def _load_all_but_the_output_layer(model, source, init_from: str) -> None:
+    """Copy every tensor of ``source``'s network into ``model`` but those of the output layer,
+    the only ones allowed to differ, and then only in their first dimension (the classes)."""
+    from bloodviz.checkpoints import CheckpointError
+
+    theirs = source.load_model().state_dict()
+    ours = model.state_dict()
+    if set(theirs) != set(ours):
+        raise CheckpointError(f"--init-from {init_from}: its layers are not this model's")
+    kept = {}
+    for name, tensor in theirs.items():
+        target = ours[name]
+        if tensor.shape == target.shape:
+            kept[name] = tensor
+        elif (
+            tensor.dim() == target.dim()
+            and tensor.shape[1:] == target.shape[1:]
+            and tensor.shape[0] == source.preprocessing.num_classes
+        ):
+            kept[name] = target  # the output layer: one row a class, left as initialised
+        else:
+            raise CheckpointError(
+                f"--init-from {init_from}: {name} is {tuple(tensor.shape)} there and "
+                f"{tuple(target.shape)} here; only the output layer may differ"
+            )
+    model.load_state_dict(kept)
 
 
 def _run_preprocessing(config: TrainConfig, dataset: BloodDataset, train_data) -> Preprocessing:

@@ -372,3 +372,41 @@ def test_a_fine_tune_starts_from_the_named_checkpoint(trained, tmp_path, data_ro
     other = TrainConfig.for_model("lenet5", "pbc", init_from="cnn_baseline", **settings)
     with pytest.raises(CheckpointError, match="is a cnn_baseline, not a lenet5"):
         fit(other, str(data_root), root, tmp_path / "runs", progress=False, log=print)
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_run_can_start_from_another_datasets_checkpoint_but_its_output_layer(
+    trained, tmp_path, data_root
+):
+    """--init-from pbc-28/cnn_baseline on blood-cells: with a learning rate of zero every
+    tensor but the output layer's (8 PBC classes there, 4 here) comes out as pbc's, the output
+    layer is the new model's own, and a checkpoint of another architecture is refused."""
+    from safetensors.torch import load_file
+
+    from bloodviz.checkpoints import CheckpointError
+    from bloodviz.fit import fit
+    from bloodviz.runcard import TrainConfig
+
+    root, _ = trained
+    settings = dict(size=28, epochs=1, limit_per_class=4, precision="fp32", lr=0.0)
+    config = TrainConfig.for_model(
+        "cnn_baseline", "blood-cells", init_from="pbc-28/cnn_baseline", **settings
+    )
+    out = fit(config, str(data_root), root, tmp_path / "runs", progress=False, log=print)
+    source = load_file(root / "pbc-28" / "cnn_baseline" / "model.safetensors")
+    started = load_file(out / "model.safetensors")
+    differing = []
+    for name, tensor in source.items():
+        if tensor.shape != started[name].shape:
+            assert tensor.shape[0] == 8 and started[name].shape[0] == 4, name
+            differing.append(name)
+        elif "running_" not in name and not name.endswith("num_batches_tracked"):
+            assert torch.allclose(tensor.float(), started[name].float(), atol=1e-3), name
+    assert differing and all(name.startswith(differing[0].rsplit(".", 1)[0]) for name in differing)
+    assert open_checkpoint(out).run.config["init_from"] == "pbc-28/cnn_baseline"
+    other = TrainConfig.for_model(
+        "lenet5", "blood-cells", init_from="pbc-28/cnn_baseline", **settings
+    )
+    with pytest.raises(CheckpointError, match="is a cnn_baseline, not a lenet5"):
+        fit(other, str(data_root), root, tmp_path / "runs", progress=False, log=print)
