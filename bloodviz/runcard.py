@@ -176,7 +176,19 @@ class RunCard:
     # -- derived facts, decided once -------------------------------------------------------
     @property
     def pretrained_label(self) -> str:
-        return pretrained_label(self.pretrained)
+        """How the run started: ImageNet, from scratch, or another dataset's weights."""
+        return (
+            f"{self.started_from} weights"
+            if self.started_from
+            else pretrained_label(self.pretrained)
+        )
+
+    @property
+    def started_from(self) -> str | None:
+        """The other dataset's checkpoint a run started from (``pbc-64/vgg16``), else None;
+        a fine-tune of the same dataset's checkpoint still counts as that one's start."""
+        init_from = self.config.get("init_from") or ""
+        return init_from if "/" in init_from else None
 
     @property
     def train_subset(self) -> int | None:

@@ -51,6 +51,7 @@ def zoo_rows(checkpoints: Path | None = None) -> list[dict]:
                     "trained_on": ckpt.run.device,
                     "weights_shipped": not ckpt.predictions_only_reason,
                     "train_subset": ckpt.run.train_subset,
+                    "started_from": ckpt.run.started_from,
                     "seed": ckpt.seed,
                     "replicate_of": ckpt.replicate_of,
                 }
@@ -111,6 +112,7 @@ def format_zoo(rows: list[dict]) -> str:
             if split in ("test", "test_simple"):
                 v = runs[0]  # the lowest seed
                 marks = ("*" if v["pretrained"] else "") + ("~" if v.get("train_subset") else "")
+                marks += "^" if v.get("started_from") else ""
                 marks += "" if v.get("weights_shipped", True) else "p"
                 epochs = f" ({v['epochs']}ep)" if v["epochs"] else ""
                 spread = ""
@@ -132,7 +134,8 @@ def format_zoo(rows: list[dict]) -> str:
         "params: at the study's input size and class count, counted as Keras does (batch-norm "
         "statistics included); '=' marks an exact match with the printed count.\n"
         "reproduced: (Nep) epochs run; * ImageNet-pretrained; ~ CPU-budget run on a training "
-        "subset (val and test whole); p predictions only (no weights shipped); [mean±sd over N "
+        "subset (val and test whole); ^ started from the other dataset's weights of the model; "
+        "p predictions only (no weights shipped); [mean±sd over N "
         "seeds] where a model was trained with several seeds (the figure before: the lowest)."
     )
     return "\n".join(lines)

@@ -404,7 +404,10 @@ def test_a_run_can_start_from_another_datasets_checkpoint_but_its_output_layer(
         elif "running_" not in name and not name.endswith("num_batches_tracked"):
             assert torch.allclose(tensor.float(), started[name].float(), atol=1e-3), name
     assert differing and all(name.startswith(differing[0].rsplit(".", 1)[0]) for name in differing)
-    assert open_checkpoint(out).run.config["init_from"] == "pbc-28/cnn_baseline"
+    run = open_checkpoint(out).run
+    assert run.config["init_from"] == "pbc-28/cnn_baseline"
+    assert run.started_from == "pbc-28/cnn_baseline"
+    assert run.pretrained_label == "pbc-28/cnn_baseline weights"
     other = TrainConfig.for_model(
         "lenet5", "blood-cells", init_from="pbc-28/cnn_baseline", **settings
     )
