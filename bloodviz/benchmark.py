@@ -125,7 +125,7 @@ def bench_checkpoint(
         "command": command,
         "parameters": params,
         "weight_bytes_fp32": weight_bytes,
-        "checkpoint_file_bytes": ckpt.weights_path.stat().st_size if ckpt.has_weights else None,
+        "checkpoint_file_bytes": ckpt.weights_bytes,
         "weights_measured": "trained" if ckpt.has_weights else "untrained, same architecture",
         "checkpoint_dtype": ckpt.run.weights_dtype,
         "flops": flops,

@@ -3,8 +3,11 @@
 A checkpoint folder holds
 - ``model.safetensors``: weights (fp16 where that does not change predictions), with metadata
   naming the model and format so foreign or damaged files are refused clearly. Weights over
-  :data:`MAX_SHIPPED_MB` are not shipped: they stay under ``runs/`` on the machine that trained
-  them, and the run card's ``weights_not_shipped`` says why (a *predictions-only* checkpoint);
+  :data:`MAX_SHIPPED_MB` are split as Hugging Face lays out sharded safetensors:
+  ``model-00001-of-00002.safetensors`` ... plus ``model.safetensors.index.json`` naming each
+  tensor's shard; every shard carries the same metadata, and they are read as one. A CPU-budget
+  run's weights are not shipped: they stay under ``runs/`` on the machine that trained them,
+  and the run card's ``weights_not_shipped`` says why (a *predictions-only* checkpoint);
 - ``preprocessing.json``: what inference must do to an image (:class:`Preprocessing`);
 - ``predictions-<split>.csv``: probabilities for every val / evaluation sample, by sample id;
 - ``metrics.json``: the evaluation summary per split, computed from those predictions;
@@ -22,7 +25,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +37,9 @@ from bloodviz.preprocess import Preprocessing
 from bloodviz.runcard import FORMAT, RunCard
 
 WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded weights (Hugging Face's layout)
 REQUIRED = ("preprocessing.json", "run.json")
-MAX_SHIPPED_MB = 50  # the repository's per-file limit for committed weights
+MAX_SHIPPED_MB = 50  # the repository's per-file limit for committed files, decimal MB
 
 
 class CheckpointError(ValueError):
@@ -128,7 +132,17 @@ def _json_default(value):
 
 
 # -- weights ----------------------------------------------------------------------------------
-def save_weights(state_dict: dict, path: Path, model_name: str, fp16: bool) -> None:
+def save_weights(
+    state_dict: dict,
+    path: Path,
+    model_name: str,
+    fp16: bool,
+    *,
+    max_file_mb: float | None = None,
+) -> Path:
+    """Write ``state_dict`` as ``path`` (``model.safetensors``), or, when ``max_file_mb`` is
+    given and the weights are over it, as numbered shards of at most that size beside an index file named
+    ``path`` + ``.index.json``. Returns the file to read them by: the weights or the index."""
     import torch
     from safetensors.torch import save_file
 
@@ -139,21 +153,79 @@ def save_weights(state_dict: dict, path: Path, model_name: str, fp16: bool) -> N
             tensor = tensor.half()
         tensors[key] = tensor.contiguous()
     metadata = {"format": FORMAT, "model": model_name, "dtype": "fp16" if fp16 else "fp32"}
-    save_file(tensors, str(path), metadata=metadata)
+    path = Path(path)
+    # decimal megabytes, as hosts count a file limit, less one for each shard's header
+    limit = int(max_file_mb * 1e6) - 10**6 if max_file_mb else None
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if limit is None or total <= limit:
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+    groups: list[dict] = [{}]
+    held = 0
+    for key, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        if groups[-1] and held + size > limit:
+            groups.append({})
+            held = 0
+        groups[-1][key] = tensor
+        held += size
+    stem = path.name.removesuffix(".safetensors")
+    weight_map = {}
+    for number, group in enumerate(groups, start=1):
+        shard = f"{stem}-{number:05d}-of-{len(groups):05d}.safetensors"
+        save_file(group, str(path.parent / shard), metadata=metadata)
+        weight_map.update(dict.fromkeys(group, shard))
+    index = path.parent / f"{path.name}.index.json"
+    write_json(index, {"metadata": {**metadata, "total_size": total}, "weight_map": weight_map})
     del torch
+    return index
+
+
+def weights_entry(folder: Path, stem: str = WEIGHTS) -> Path | None:
+    """The file weights in ``folder`` are read by: ``model.safetensors``, or the index of
+    sharded weights; None when there are none."""
+    for candidate in (folder / stem, folder / f"{stem}.index.json"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def weights_files(entry: Path) -> list[Path]:
+    """Every file of the weights ``entry`` names: itself, and for an index its shards."""
+    entry = Path(entry)
+    if not entry.name.endswith(".index.json"):
+        return [entry]
+    return [entry, *(entry.parent / name for name in sorted(set(_read_index(entry).values())))]
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """An index file's tensor -> shard map, refused unless every shard is a plain file name
+    beside it (an index can never make bloodviz read elsewhere)."""
+    try:
+        data = json.loads(Path(index).read_text())
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError("an empty weight_map")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is damaged or not a weights index ({exc})") from exc
+    for shard in set(weight_map.values()):
+        if (
+            not isinstance(shard, str)
+            or Path(shard).name != shard
+            or not shard.endswith(".safetensors")
+        ):
+            raise CheckpointError(f"{index} names {shard!r}, not a shard file beside it")
+    return weight_map
 
 
 def why_not_shipped(size_mb: float, dtype: str, cpu_budget_run: bool) -> str:
     """Why a weights file stays out of the committed store ('' when it ships).
 
-    Over the per-file limit it cannot ship. A CPU-budget run (a training subset, a couple of
-    epochs) is a placeholder until a full run replaces it; git would keep every copy of its
-    weights forever, so only its predictions, metrics and run card are committed.
+    Size is no reason (weights over the per-file limit ship as shards). A CPU-budget run (a
+    training subset, a couple of epochs) is a placeholder until a full run replaces it; git
+    would keep every copy of its weights forever, so only its predictions, metrics and run
+    card are committed.
     """
-    if size_mb > MAX_SHIPPED_MB:
-        return (
-            f"its {dtype} weights are {size_mb:.0f} MB, over the {MAX_SHIPPED_MB} MB per-file limit"
-        )
     if cpu_budget_run:
         return (
             f"a CPU-budget run on a training subset: its {size_mb:.0f} MB of {dtype} weights are "
@@ -163,10 +235,64 @@ def why_not_shipped(size_mb: float, dtype: str, cpu_budget_run: bool) -> str:
 
 
 def keep_weights_local(folder: Path, local: Path, reason: str) -> str:
-    """Move a checkpoint's weights out of the store to ``local``; return the run-card text."""
+    """Move a checkpoint's weights (every shard) out of the store into ``local``'s folder;
+    return the run-card text."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(folder / WEIGHTS, local)
-    return f"{reason}; they were kept at {local} on the machine that trained it"
+    remove_weights(local.parent, local.name)
+    for file in weights_files(weights_entry(folder)):
+        shutil.move(file, local.parent / file.name)
+    return f"{reason}; they were kept at {local.parent} on the machine that trained it"
+
+
+def remove_weights(folder: Path, stem: str = WEIGHTS) -> None:
+    """Delete the weights in ``folder`` (a single file, or an index and its shards)."""
+    entry = weights_entry(folder, stem)
+    if entry is None:
+        return
+    try:
+        files = weights_files(entry)
+    except CheckpointError:
+        files = [entry]
+    for file in files:
+        file.unlink(missing_ok=True)
+    stem_name = stem.removesuffix(".safetensors")
+    for stray in folder.glob(f"{stem_name}-*-of-*.safetensors"):
+        stray.unlink()
+
+
+class _ShardedWeights:
+    """Shards named by an index, read as one ``safe_open`` handle: each shard is checked to be
+    ours, and to hold exactly the tensors the index gives it."""
+
+    def __init__(self, index: Path, stack) -> None:
+        from safetensors import safe_open
+
+        self.weight_map = _read_index(index)
+        self._handles = {}
+        self._metadata = None
+        for shard in sorted(set(self.weight_map.values())):
+            path = index.parent / shard
+            if not path.exists():
+                raise CheckpointError(f"shard {path} named by {index.name} is missing")
+            handle = stack.enter_context(safe_open(str(path), framework="pt"))
+            metadata = handle.metadata() or {}
+            if self._metadata is None:
+                self._metadata = metadata
+            elif metadata != self._metadata:
+                raise CheckpointError(f"shard {path} is from other weights ({metadata})")
+            expected = {k for k, v in self.weight_map.items() if v == shard}
+            if set(handle.keys()) != expected:
+                raise CheckpointError(f"shard {path} does not hold what {index.name} says")
+            self._handles[shard] = handle
+
+    def metadata(self) -> dict:
+        return self._metadata or {}
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def get_tensor(self, key: str):
+        return self._handles[self.weight_map[key]].get_tensor(key)
 
 
 @contextmanager
@@ -179,7 +305,11 @@ def _checked_weights(path: Path, expected_model: str | None):
     if not path.exists():
         raise CheckpointError(f"weights file {path} is missing")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with ExitStack() as stack:
+            if path.name.endswith(".index.json"):
+                handle = _ShardedWeights(path, stack)
+            else:
+                handle = stack.enter_context(safe_open(str(path), framework="pt"))
             metadata = handle.metadata() or {}
             if metadata.get("format") != FORMAT:
                 raise CheckpointError(
@@ -256,17 +386,20 @@ def weights_memory_bytes(path: Path) -> int:
     safetensors header alone: the app budgets its loaded networks by this before loading any."""
     import struct
 
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
+    path = Path(path)
+    files = weights_files(path)[1:] if path.name.endswith(".index.json") else [path]
     total = 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        numel = int(np.prod(entry["shape"], dtype=np.int64))
-        floating = entry["dtype"] in ("F16", "BF16", "F32", "F64")
-        start, end = entry["data_offsets"]
-        total += numel * 4 if floating else end - start
+    for file in files:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            numel = int(np.prod(entry["shape"], dtype=np.int64))
+            floating = entry["dtype"] in ("F16", "BF16", "F32", "F64")
+            start, end = entry["data_offsets"]
+            total += numel * 4 if floating else end - start
     return total
 
 
@@ -403,11 +536,16 @@ class Checkpoint:
     @property
     def weights_path(self) -> Path | None:
         """The shipped weights, else a local copy kept under ``runs/`` (too big to ship)."""
-        shipped = self.path / WEIGHTS
-        if shipped.exists():
+        shipped = weights_entry(self.path)
+        if shipped is not None:
             return shipped
-        local = runs_root() / self.dataset_key / self.name / WEIGHTS
-        return local if local.exists() else None
+        return weights_entry(runs_root() / self.dataset_key / self.name)
+
+    @property
+    def weights_bytes(self) -> int | None:
+        """The weights' size on disk (every shard), None for a predictions-only checkpoint."""
+        entry = self.weights_path
+        return sum(f.stat().st_size for f in weights_files(entry)) if entry else None
 
     @property
     def has_weights(self) -> bool:
@@ -427,7 +565,7 @@ class Checkpoint:
     @property
     def predictions_only_reason(self) -> str:
         """Why this checkpoint ships no weights ('' when it does)."""
-        if (self.path / WEIGHTS).exists():
+        if weights_entry(self.path) is not None:
             return ""
         return self.run.weights_not_shipped or "its folder holds no weights file"
 
@@ -504,8 +642,10 @@ def write_checkpoint(
     def fill(folder: Path) -> None:
         card = run
         if weights is not None:
-            save_weights(weights, folder / WEIGHTS, run.model, fp16=fp16)
-            size_mb = (folder / WEIGHTS).stat().st_size / 2**20
+            entry = save_weights(
+                weights, folder / WEIGHTS, run.model, fp16=fp16, max_file_mb=MAX_SHIPPED_MB
+            )
+            size_mb = sum(f.stat().st_size for f in weights_files(entry)) / 2**20
             dtype = "fp16" if fp16 else "fp32"
             reason = why_not_shipped(size_mb, dtype, run.is_cpu_budget)
             if reason:
@@ -515,7 +655,7 @@ def write_checkpoint(
                     weights_not_shipped=keep_weights_local(folder, local_weights, reason)
                 )
             elif local_weights is not None:
-                local_weights.unlink(missing_ok=True)
+                remove_weights(local_weights.parent, local_weights.name)
         elif not run.weights_not_shipped:
             raise ValueError("a checkpoint without weights must say why in its run card")
         preprocessing.save(folder / "preprocessing.json")

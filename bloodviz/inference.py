@@ -136,9 +136,16 @@ def versions() -> dict:
 # -- ONNX Runtime: what serving uses where the benchmark found it faster ---------------------
 def onnx_path(ckpt) -> Path:
     """Where a checkpoint's ONNX export is cached, keyed on its weights' hash."""
+    from bloodviz.checkpoints import weights_files
+
     weights = ckpt.weights_path
-    content = weights.read_bytes() if weights else f"untrained {ckpt.model}".encode()
-    digest = hashlib.sha1(content).hexdigest()[:12]
+    hasher = hashlib.sha1()
+    if weights is None:
+        hasher.update(f"untrained {ckpt.model}".encode())
+    else:
+        for file in weights_files(weights):  # a sharded checkpoint: its index and every shard
+            hasher.update(file.read_bytes())
+    digest = hasher.hexdigest()[:12]
     # v3: extra outputs, what the OOD score reads: the penultimate features and the first
     # convolution's pooled statistics (v2 had the former only)
     return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}-v3.onnx"

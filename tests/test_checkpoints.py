@@ -1,5 +1,6 @@
 import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,106 @@ def test_every_model_loads_into_a_meta_built_shell_and_computes_the_same(tmp_pat
         assert not any(t.is_meta for t in [*shell.parameters(), *shell.buffers()]), name
         with torch.no_grad():
             torch.testing.assert_close(shell(image), model(image), msg=name)
+
+
+def test_weights_over_the_limit_are_sharded_and_read_back_as_one(tmp_path):
+    """Over ``max_file_mb`` the weights are Hugging Face's layout (numbered shards, each under
+    the limit, plus an index naming each tensor's shard), read back as one file; a missing,
+    swapped or foreign shard, a damaged index and one naming a file outside its folder are
+    refused."""
+    import shutil
+
+    from bloodviz.checkpoints import remove_weights, weights_entry, weights_files
+
+    model = create_model("resnet18", num_classes=8)
+    single = tmp_path / "single" / "model.safetensors"
+    single.parent.mkdir()
+    assert save_weights(model.state_dict(), single, "resnet18", fp16=True) == single
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    index = save_weights(
+        model.state_dict(), folder / "model.safetensors", "resnet18", fp16=True, max_file_mb=8
+    )
+    assert index.name == "model.safetensors.index.json" and weights_entry(folder) == index
+    shards = weights_files(index)[1:]
+    assert len(shards) >= 3 and shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert all(shard.stat().st_size <= 8e6 for shard in shards)
+    assert not (folder / "model.safetensors").exists()
+    expected = load_weights(single)
+    state = load_weights(index, expected_model="resnet18")
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    fresh = create_model("resnet18", num_classes=8)
+    load_weights_into(fresh, index, expected_model="resnet18")
+    assert all(torch.equal(v, expected[k]) for k, v in fresh.state_dict().items())
+    assert weights_memory_bytes(index) == weights_memory_bytes(single)
+    with pytest.raises(CheckpointError, match="not 'resnet50'"):
+        load_weights(index, expected_model="resnet50")
+
+    def broken(name: str) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        return copy
+
+    missing = broken("missing")
+    (missing / shards[1].name).unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_weights(missing / index.name)
+    swapped = broken("swapped")
+    (swapped / shards[0].name).write_bytes(shards[1].read_bytes())
+    with pytest.raises(CheckpointError, match="does not hold what"):
+        load_weights(swapped / index.name)
+    foreign = broken("foreign")
+    save_file(load_weights(shards[0]), str(foreign / shards[0].name))  # no bloodviz metadata
+    with pytest.raises(CheckpointError, match="other weights|not a bloodviz"):
+        load_weights(foreign / index.name)
+    damaged = broken("damaged")
+    (damaged / index.name).write_text("{not json")
+    with pytest.raises(CheckpointError, match="damaged or not a weights index"):
+        load_weights(damaged / index.name)
+    outside = broken("outside")
+    data = json.loads((outside / index.name).read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = "../single/model.safetensors"
+    (outside / index.name).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="not a shard file beside it"):
+        load_weights(outside / index.name)
+    remove_weights(folder)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_checkpoint_over_the_limit_ships_sharded_and_loads(tmp_path, monkeypatch):
+    """write_checkpoint shards weights over the per-file limit instead of keeping them off the
+    store; the checkpoint loads, sizes and hashes them as one."""
+    import numpy as np
+
+    import bloodviz.checkpoints as checkpoints
+    from bloodviz.checkpoints import Predictions, write_checkpoint
+    from bloodviz.inference import onnx_path
+    from bloodviz.preprocess import Preprocessing
+    from bloodviz.runcard import RunCard
+
+    monkeypatch.setattr(checkpoints, "MAX_SHIPPED_MB", 0.4)
+    monkeypatch.setenv("BLOODVIZ_RUNS", str(tmp_path / "runs"))
+    model = create_model("cnn_baseline", num_classes=8, in_size=28)
+    classes = tuple(f"c{i}" for i in range(8))
+    probs = np.full((8, 8), 1 / 8)
+    preds = Predictions(np.array([f"s{i}" for i in range(8)]), np.arange(8), probs, classes)
+    out = write_checkpoint(
+        tmp_path / "pbc-28" / "cnn_baseline",
+        run=RunCard(dataset="pbc", size=28, model="cnn_baseline"),
+        preprocessing=Preprocessing(size=28, class_names=classes),
+        predictions={"test": preds},
+        metrics={},
+        weights=model.state_dict(),
+    )
+    ckpt = open_checkpoint(out)
+    assert ckpt.weights_path.name == "model.safetensors.index.json"
+    assert ckpt.predictions_only_reason == "" and ckpt.weights_bytes > 4e5
+    loaded = ckpt.load_model()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert ckpt.memory_bytes == sum(
+        t.numel() * (4 if t.is_floating_point() else t.element_size())
+        for t in model.state_dict().values()
+    )
+    assert onnx_path(ckpt).name.startswith("cnn_baseline-")
