@@ -139,10 +139,12 @@ def save_weights(
     fp16: bool,
     *,
     max_file_mb: float | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``state_dict`` as ``path`` (``model.safetensors``), or, when ``max_file_mb`` is
-    given and the weights are over it, as numbered shards of at most that size beside an index file named
-    ``path`` + ``.index.json``. Returns the file to read them by: the weights or the index."""
+    given and the weights are over it, as numbered shards of at most that size beside an index
+    named ``path`` + ``.index.json``. Returns the file to read them by: weights or index.
+    ``metadata`` adds to what every file carries (format, model, dtype)."""
     import torch
     from safetensors.torch import save_file
 
@@ -152,7 +154,12 @@ def save_weights(
         if fp16 and tensor.is_floating_point():
             tensor = tensor.half()
         tensors[key] = tensor.contiguous()
-    metadata = {"format": FORMAT, "model": model_name, "dtype": "fp16" if fp16 else "fp32"}
+    metadata = {
+        **(metadata or {}),
+        "format": FORMAT,
+        "model": model_name,
+        "dtype": "fp16" if fp16 else "fp32",
+    }
     path = Path(path)
     # decimal megabytes, as hosts count a file limit, less one for each shard's header
     limit = int(max_file_mb * 1e6) - 10**6 if max_file_mb else None
@@ -333,16 +340,39 @@ def load_weights(path: Path, expected_model: str | None = None) -> dict:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
-def load_weights_into(model, path: Path, expected_model: str | None = None) -> None:
+def load_weights_into(
+    model,
+    path: Path,
+    expected_model: str | None = None,
+    *,
+    part: Callable[[str], bool] | None = None,
+) -> None:
     """Copy the weights at ``path`` into ``model`` one tensor at a time, refusing files that are
     not ours or do not fit it. Unlike ``model.load_state_dict(load_weights(path))``, a float32
     copy of the whole state never sits beside the model: loading resnet50 peaked 230 MB above
-    where it started that way, for a model that keeps 107 MB."""
+    where it started that way, for a model that keeps 107 MB.
+
+    ``part`` selects the tensors (by name) this file provides, of the model's and of the
+    file's alike: a head stored apart from the network it sits on. A module whose tensors'
+    shapes depend on its fit (``size_from_weights``, the SVM head) is shaped from the file."""
     import torch
 
-    targets = model.state_dict(keep_vars=True)
+    def wanted(key: str) -> bool:
+        return part is None or part(key)
+
     with _checked_weights(path, expected_model) as handle:
-        stored = set(handle.keys())
+        stored = {key for key in handle.keys() if wanted(key)}
+        for prefix, module in model.named_modules():
+            if hasattr(module, "size_from_weights"):
+                start = f"{prefix}." if prefix else ""
+                module.size_from_weights(
+                    {
+                        key.removeprefix(start): handle.get_tensor(key)
+                        for key in stored
+                        if key.startswith(start)
+                    }
+                )
+        targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if wanted(k)}
         missing, unexpected = sorted(set(targets) - stored), sorted(stored - set(targets))
         if missing or unexpected:
             raise CheckpointError(
@@ -381,19 +411,48 @@ def model_shell(build: Callable):
     return shell.to_empty(device="cpu")
 
 
+def _header(file: Path) -> dict:
+    """A safetensors file's JSON header, read by hand: no torch import (the upload page
+    budgets its networks without torch)."""
+    import struct
+
+    try:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            return json.loads(handle.read(length))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file} is damaged or not a safetensors file ({exc})") from exc
+
+
+def weights_metadata(entry: Path) -> dict[str, str]:
+    """The metadata weights carry (format, model, dtype, and for a head stored apart from its
+    network ``features_from`` / ``features_sha256``), read without torch."""
+    entry = Path(entry)
+    if entry.name.endswith(".index.json"):
+        return _header(weights_files(entry)[1]).get("__metadata__", {})
+    return _header(entry).get("__metadata__", {})
+
+
+def weights_digest(entry: Path) -> str:
+    """SHA-256 over every file of a network's weights (each shard in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in weights_files(entry):
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def weights_memory_bytes(path: Path) -> int:
     """What a weights file takes once loaded as float32 (fp16 files double), read from its
     safetensors header alone: the app budgets its loaded networks by this before loading any."""
-    import struct
-
     path = Path(path)
     files = weights_files(path)[1:] if path.name.endswith(".index.json") else [path]
     total = 0
     for file in files:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for key, entry in header.items():
+        for key, entry in _header(file).items():
             if key == "__metadata__":
                 continue
             numel = int(np.prod(entry["shape"], dtype=np.int64))
@@ -543,9 +602,22 @@ class Checkpoint:
 
     @property
     def weights_bytes(self) -> int | None:
-        """The weights' size on disk (every shard), None for a predictions-only checkpoint."""
+        """The weights' size on disk (every shard, and the feature network a head sits on),
+        None for a predictions-only checkpoint."""
         entry = self.weights_path
-        return sum(f.stat().st_size for f in weights_files(entry)) if entry else None
+        if entry is None:
+            return None
+        features = self.features_checkpoint
+        own = sum(f.stat().st_size for f in weights_files(entry))
+        return own + (features.weights_bytes or 0 if features is not None else 0)
+
+    @functools.cached_property
+    def features_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint whose network this one's weights sit on (resnet50_svm's SVM head
+        on the same store's resnet50), None for a whole network."""
+        entry = self.weights_path
+        name = weights_metadata(entry).get("features_from") if entry else None
+        return open_checkpoint(self.path.parent.parent / name) if name else None
 
     @property
     def has_weights(self) -> bool:
@@ -556,7 +628,9 @@ class Checkpoint:
         """Roughly what this network takes loaded (float32 weights; an imported ONNX model's
         file size); 0 for a predictions-only checkpoint."""
         if self.weights_path is not None:
-            return weights_memory_bytes(self.weights_path)
+            features = self.features_checkpoint
+            below = features.memory_bytes if features is not None else 0
+            return below + weights_memory_bytes(self.weights_path)
         from bloodviz.imports import imported_onnx_file
 
         imported = imported_onnx_file(self)
@@ -578,7 +652,30 @@ class Checkpoint:
                 f"{self.predictions_only_reason}"
             )
         model = model_shell(self.build_model)
-        load_weights_into(model, path, expected_model=self.model)
+        metadata = weights_metadata(path)
+        head = metadata.get("head")
+        if head is None:
+            load_weights_into(model, path, expected_model=self.model)
+            return model.eval()
+        # a head stored apart from its network: the feature checkpoint's weights first, all
+        # but its own head, checked to be the very weights the head was fitted on
+        features = self.features_checkpoint
+        if features is None or features.weights_path is None:
+            raise CheckpointError(f"{self.path}: its feature network {metadata!r} is missing")
+        if weights_digest(features.weights_path) != metadata.get("features_sha256"):
+            raise CheckpointError(
+                f"{self.name} on {self.dataset_key} was fitted on other weights of "
+                f"{features.path} than those there now; refit it: "
+                f"{metadata.get('refit', 'python -m bloodviz train --model ' + self.model)}"
+            )
+
+        def in_head(key: str) -> bool:
+            return key.startswith(f"{head}.")
+
+        load_weights_into(
+            model, features.weights_path, features.model, part=lambda k: not in_head(k)
+        )
+        load_weights_into(model, path, expected_model=self.model, part=in_head)
         return model.eval()
 
     def cost_model(self):
@@ -627,6 +724,7 @@ def write_checkpoint(
     fp16: bool = False,
     local_weights: Path | None = None,
     extra_files: Callable[[Path], None] | None = None,
+    weights_extra: dict[str, str] | None = None,
 ) -> Path:
     """Write a whole checkpoint atomically; every trainer goes through here.
 
@@ -643,7 +741,12 @@ def write_checkpoint(
         card = run
         if weights is not None:
             entry = save_weights(
-                weights, folder / WEIGHTS, run.model, fp16=fp16, max_file_mb=MAX_SHIPPED_MB
+                weights,
+                folder / WEIGHTS,
+                run.model,
+                fp16=fp16,
+                max_file_mb=MAX_SHIPPED_MB,
+                metadata=weights_extra,
             )
             size_mb = sum(f.stat().st_size for f in weights_files(entry)) / 2**20
             dtype = "fp16" if fp16 else "fp32"

@@ -8,9 +8,14 @@ scores (``CalibratedClassifierCV(SVC(), ensemble=False)``, scikit-learn's replac
 the study; otherwise they come from bloodviz's own ``resnet50`` checkpoint on the same data,
 trained from scratch (offline there are no ImageNet weights), and the run card says so.
 
-The checkpoint ships predictions, metrics and a run card but no weights: a scikit-learn model
-can only be stored with pickle, which bloodviz never loads (unsafe). Refitting is one command
-and takes about a minute on a CPU.
+A scikit-learn model can only be stored with pickle, which bloodviz never loads (unsafe), so
+the fitted pipeline's arrays become :class:`bloodviz.models.svm_head.SVMHead`, a torch module
+that recomputes its probabilities, and the checkpoint ships that head alone (a few MB) as
+safetensors, on top of the same store's resnet50 checkpoint: the weights record that
+checkpoint's SHA-256, and a changed resnet50 is refused with the refit command. The checkpoint
+then loads as the resnet50 with the SVM as its ``fc``, so Grad-CAM, uploads and the ONNX export
+run on it. Its predictions are the head's own; the fit fails if they drift from
+scikit-learn's. With ImageNet features (``--pretrained``) it stays predictions-only.
 """
 
 from __future__ import annotations
@@ -25,20 +30,25 @@ import torch
 from tqdm.auto import tqdm
 
 from bloodviz.checkpoints import (
+    Checkpoint,
     CheckpointError,
     Predictions,
     checkpoint_dir,
     find_checkpoint,
+    weights_digest,
     write_checkpoint,
 )
 from bloodviz.data import get_dataset
 from bloodviz.inference import hardware_info, versions
 from bloodviz.metrics import summarise
 from bloodviz.models import create_model, model_info
+from bloodviz.models.svm_head import SVMHead
 from bloodviz.preprocess import Preprocessing
 from bloodviz.runcard import RunCard, TrainConfig, run_identity
 
 BACKBONE = "resnet50"
+HEAD = "fc"  # the SVM sits where timm's ResNet has its classifier
+MAX_HEAD_DRIFT = 1e-4  # largest |p_torch - p_sklearn| a shipped head may show
 
 
 @torch.inference_mode()
@@ -77,11 +87,11 @@ def support_vectors(fitted) -> int:
 
 
 def feature_network(dataset: str, size: int, num_classes: int, pretrained: bool, root=None):
-    """ImageNet's ResNet-50 features, or those of our resnet50 checkpoint on this data."""
+    """ImageNet's ResNet-50 features, or those of our resnet50 checkpoint on this data; with
+    where they came from, and that checkpoint (None for ImageNet's)."""
     if pretrained:
-        return create_model(BACKBONE, num_classes=0, in_size=size, pretrained=True), (
-            "ImageNet resnet50 (timm)"
-        )
+        network = create_model(BACKBONE, num_classes=0, in_size=size, pretrained=True)
+        return network, "ImageNet resnet50 (timm)", None
     try:
         ckpt = find_checkpoint(dataset, BACKBONE, size, root)
     except CheckpointError as exc:
@@ -92,7 +102,28 @@ def feature_network(dataset: str, size: int, num_classes: int, pretrained: bool,
         ) from exc
     network = ckpt.load_model()
     network.reset_classifier(0)  # timm: the pooled 2048 features instead of logits
-    return network, f"bloodviz resnet50 checkpoint, trained from scratch ({ckpt.path})"
+    return network, f"bloodviz resnet50 checkpoint, trained from scratch ({ckpt.path})", ckpt
+
+
+def head_weights(fitted, features_ckpt: Checkpoint, refit: str) -> tuple[dict, dict]:
+    """The state dict of a fitted pipeline's :class:`SVMHead` under ``fc.``, and the metadata
+    that ties it to the feature checkpoint it was fitted on."""
+    head = SVMHead.from_fitted(fitted)
+    state = {f"{HEAD}.{name}": tensor for name, tensor in head.state_dict().items()}
+    metadata = {
+        "head": HEAD,
+        "features_from": f"{features_ckpt.dataset_key}/{features_ckpt.name}",
+        "features_sha256": weights_digest(features_ckpt.weights_path),
+        "refit": refit,
+    }
+    return state, metadata
+
+
+def head_probabilities(fitted, features: np.ndarray) -> np.ndarray:
+    """What the shipped head gives for ``features`` (float64), to check it against the fit."""
+    with torch.inference_mode():
+        head = SVMHead.from_fitted(fitted)
+        return head.probabilities(torch.from_numpy(features)).numpy().astype(np.float64)
 
 
 def fit_feature_svm(
@@ -105,7 +136,7 @@ def fit_feature_svm(
     command: str | None = None,
     log=print,
 ) -> Path:
-    """Fit the SVM on one dataset's training features and write a predictions-only checkpoint.
+    """Fit the SVM on one dataset's training features and write its checkpoint (the head).
 
     The SVM fits in one go, so ``runs`` and ``fresh`` (a network's resume state) do not
     apply; they are accepted so that :func:`bloodviz.fit.fit` calls every trainer alike.
@@ -120,7 +151,7 @@ def fit_feature_svm(
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     torch.manual_seed(config.seed)
-    network, source = feature_network(
+    network, source, features_ckpt = feature_network(
         dataset.name, dataset.size, len(dataset.class_names), config.pretrained, checkpoints
     )
     limit = config.limit_per_class
@@ -142,8 +173,19 @@ def fit_feature_svm(
     log(f"SVM fitted on {train_features.shape} features in {fit_seconds:.0f}s")
 
     predictions = {}
+    drift = 0.0
     for split, data in splits.items():
-        probs = svm.predict_proba(features(data.images, split)).astype(np.float64)
+        split_features = features(data.images, split)
+        probs = svm.predict_proba(split_features).astype(np.float64)
+        if features_ckpt is not None:  # the shipped head's own probabilities, checked
+            ours = head_probabilities(svm, split_features.astype(np.float64))
+            drift = max(drift, float(np.abs(ours - probs).max(initial=0.0)))
+            if drift > MAX_HEAD_DRIFT:
+                raise RuntimeError(
+                    f"the SVM head's probabilities drift from scikit-learn's by {drift:.2e} "
+                    f"on {split} (at most {MAX_HEAD_DRIFT:.0e}); nothing was written"
+                )
+            probs = ours
         predictions[split] = Predictions(
             ids=data.ids, labels=data.labels, probs=probs, class_names=dataset.class_names
         )
@@ -164,9 +206,12 @@ def fit_feature_svm(
         f"{n_support} support vectors",
         "device": "cpu",
         "precision": "fp32",
-        "weights_dtype": None,
-        "weights_not_shipped": "a scikit-learn SVM can only be saved with pickle, which bloodviz "
-        f"never loads (unsafe); `{refit}` refits it ({fit_seconds:.0f}s here)",
+        "weights_dtype": "fp64 SVM head" if features_ckpt is not None else None,
+        "weights_not_shipped": ""
+        if features_ckpt is not None
+        else "a scikit-learn SVM can only be saved with pickle, which bloodviz never loads "
+        f"(unsafe), and ImageNet's features are not shipped; `{refit}` refits it "
+        f"({fit_seconds:.0f}s here)",
         "hardware": hardware_info(torch.device("cpu")),
         "versions": versions(),
         "started_at": started_at,
@@ -183,14 +228,25 @@ def fit_feature_svm(
         "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
+    weights, weights_extra = (
+        head_weights(svm, features_ckpt, refit) if features_ckpt is not None else (None, None)
+    )
     write_checkpoint(
         out_dir,
         run=RunCard.from_dict(run_card),
         preprocessing=prep,
         predictions=predictions,
         metrics=metrics,
+        weights=weights,
+        weights_extra=weights_extra,
     )
     for split, m in metrics.items():
         log(f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}")
-    log(f"checkpoint (predictions only) written to {out_dir}")
+    if weights is None:
+        log(f"checkpoint (predictions only) written to {out_dir}")
+    else:
+        log(
+            f"checkpoint written to {out_dir}: the SVM head on {weights_extra['features_from']} "
+            f"(max |p - scikit-learn's| {drift:.1e})"
+        )
     return out_dir

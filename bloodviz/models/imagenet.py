@@ -172,4 +172,9 @@ def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.M
     "extractor; `bloodviz train` fits the SVM (see bloodviz.svm).",
 )
 def resnet50_svm(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.Module:
-    return resnet50(0, in_size, pretrained)  # timm: num_classes=0 gives pooled features
+    from bloodviz.models.svm_head import SVMHead
+
+    network = resnet50(0, in_size, pretrained)  # timm: num_classes=0 gives pooled features
+    # the fitted SVM takes the classifier's place; unfitted, it passes the features through
+    network.fc = SVMHead()
+    return network
