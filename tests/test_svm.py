@@ -105,9 +105,10 @@ def test_the_svm_ships_as_a_head_on_the_resnet50_checkpoint(tmp_path_factory):
     changes it is refused with the command that refits it."""
     import json
 
+    from helpers import run_bloodviz, train_tiny
+
     from bloodviz.checkpoints import load_weights
     from bloodviz.models.svm_head import SVMHead
-    from helpers import run_bloodviz, train_tiny
 
     root, env = train_tiny(
         tmp_path_factory, datasets=("blood-cells",), size=32, limit=6, models=("resnet50",)
