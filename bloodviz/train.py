@@ -88,9 +88,12 @@ class WarmupCosine:
         self.warmup_steps = warmup_steps
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        # at most a quarter of the run: a one-epoch run (or a budget that allows one) with a
+        # one-epoch warm-up would end at its peak rate and never decay
+        warmup = min(self.warmup_steps, self.total_steps // 4)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -266,6 +269,10 @@ def start_run(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    if len(train_data) % config.batch_size == 1 and steps_per_epoch > 1:
+        # a last batch of one image: batch norm after a flatten cannot normalise it
+        # (blood-cells' 8,961 training images in batches of 64 or 128), so it is left out
+        steps_per_epoch -= 1
     schedule = WarmupCosine(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     )
