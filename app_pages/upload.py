@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from bloodviz import ui
@@ -8,7 +7,7 @@ from bloodviz.generalise import OTHER_DATASET, SHARED_CLASSES
 from bloodviz.localise import draw_boxes
 from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import probability_bars
-from bloodviz.predict import classify, result_rows
+from bloodviz.predict import classify, result_rows, typed_table
 from bloodviz.preprocess import upscale
 
 st.title("Upload and classify")
@@ -117,7 +116,7 @@ with st.spinner(f"Classifying {len(inputs)} image(s)…"):
 del runners  # the cache may drop an ONNX session now that the images are classified
 
 rows = result_rows(results, classes)
-table = pd.DataFrame(rows)
+table = typed_table(rows)
 if not any(r.box for r in results):  # no field framed: the box columns would stay empty
     table = table.drop(columns=["box_x0", "box_y0", "box_x1", "box_y1"], errors="ignore")
 if truth:

@@ -449,6 +449,30 @@ def result_rows(
     return rows
 
 
+def typed_table(rows: list[dict]):
+    """:func:`result_rows` as a DataFrame whose every column has one type: numbers with
+    missing values for the empty cells, true / false / missing flags, text. Rows mix "" with
+    numbers (an unreadable file has no probability), which Arrow, and so ``st.dataframe``,
+    refuses."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    for column in table.columns:
+        given = [v for v in table[column] if v != "" and v is not None]
+        if given and all(isinstance(v, bool | np.bool_) for v in given):
+            table[column] = pd.array(
+                [None if v == "" else bool(v) for v in table[column]], dtype="boolean"
+            )
+        elif given and all(
+            isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+            for v in given
+        ):
+            table[column] = pd.to_numeric(table[column].replace("", np.nan))
+        else:
+            table[column] = table[column].astype(str)
+    return table
+
+
 def write_csv(path: Path, rows: list[dict], class_names: tuple[str, ...]) -> None:
     columns = [
         "path",

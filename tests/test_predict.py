@@ -235,3 +235,36 @@ def test_folders_expand_and_unreadable_paths_get_their_own_row(tmp_path, origina
     assert isinstance(files[str(folder / "b.jpg")], bytes)
     assert "no such file" in str(files[str(tmp_path / "missing.jpg")])
     assert "a folder with no image files" in str(files[str(tmp_path / "empty")])
+
+
+def test_the_result_table_gives_each_column_one_type():
+    """An unreadable file's row has "" where the others have numbers and flags: the table the
+    upload page shows makes those missing values, so Arrow takes every column."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from bloodviz.predict import typed_table
+
+    rows = [
+        {
+            "path": "a.png",
+            "predicted": "eosinophil",
+            "probability": 0.9,
+            "flagged": False,
+            "error": "",
+        },
+        {
+            "path": "b.txt",
+            "predicted": "",
+            "probability": "",
+            "flagged": "",
+            "error": "not an image",
+        },
+    ]
+    table = typed_table(rows)
+    assert table["probability"].dtype == float and pd.isna(table["probability"][1])
+    assert str(table["flagged"].dtype) == "boolean" and pd.isna(table["flagged"][1])
+    assert list(table["error"]) == ["", "not an image"]
+    pa.Table.from_pandas(table)  # what st.dataframe does; mixed columns raise here
+    with pytest.raises(pa.ArrowInvalid):
+        pa.Table.from_pandas(pd.DataFrame(rows))
