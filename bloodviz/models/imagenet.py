@@ -167,6 +167,7 @@ def vgg16(num_classes: int, in_size: int = 64, pretrained: bool = False) -> nn.M
     "cost figures are the feature extractor's, the SVM's kernel sums are not timed",
     pretrained_source="resnet50",
     trainer="svm",
+    target_layer="layer4",  # the feature network's last stage, as for resnet50
     description="2048 pooled ResNet-50 features, standardised, into scikit-learn's RBF SVC "
     "(one-vs-one; probabilities by sigmoid calibration). The network built here is the feature "
     "extractor; `bloodviz train` fits the SVM (see bloodviz.svm).",
