@@ -456,7 +456,8 @@ def weights_memory_bytes(path: Path) -> int:
             if key == "__metadata__":
                 continue
             numel = int(np.prod(entry["shape"], dtype=np.int64))
-            floating = entry["dtype"] in ("F16", "BF16", "F32", "F64")
+            # half precision is loaded as float32; float64 (the SVM head) stays float64
+            floating = entry["dtype"] in ("F16", "BF16", "F32")
             start, end = entry["data_offsets"]
             total += numel * 4 if floating else end - start
     return total
