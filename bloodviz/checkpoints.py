@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -434,15 +435,35 @@ def weights_metadata(entry: Path) -> dict[str, str]:
 
 
 def weights_digest(entry: Path) -> str:
-    """SHA-256 over every file of a network's weights (each shard in order)."""
+    """SHA-256 over every file of a network's weights (each shard in order).
+
+    Remembered per file set, size and write time: a head checked against its feature network
+    on every load, and the ONNX cache keyed on it, would otherwise read 47-109 MB each time."""
+    files = weights_files(entry)
+    stamp = tuple((str(f), *_size_and_mtime(f)) for f in files)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(stamp)
+    if known is not None:
+        return known
     import hashlib
 
     digest = hashlib.sha256()
-    for file in weights_files(entry):
+    for file in files:
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+    with _DIGESTS_LOCK:
+        _DIGESTS[stamp] = digest.hexdigest()
     return digest.hexdigest()
+
+
+def _size_and_mtime(file: Path) -> tuple[int, int]:
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+_DIGESTS: dict[tuple, str] = {}  # one short string per weights file set: stays small
+_DIGESTS_LOCK = threading.Lock()  # the app's sessions load networks on their own threads
 
 
 def weights_memory_bytes(path: Path) -> int:

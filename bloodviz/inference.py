@@ -136,16 +136,13 @@ def versions() -> dict:
 # -- ONNX Runtime: what serving uses where the benchmark found it faster ---------------------
 def onnx_path(ckpt) -> Path:
     """Where a checkpoint's ONNX export is cached, keyed on its weights' hash."""
-    from bloodviz.checkpoints import weights_files
+    from bloodviz.checkpoints import weights_digest
 
     weights = ckpt.weights_path
-    hasher = hashlib.sha1()
     if weights is None:
-        hasher.update(f"untrained {ckpt.model}".encode())
-    else:
-        for file in weights_files(weights):  # a sharded checkpoint: its index and every shard
-            hasher.update(file.read_bytes())
-    digest = hasher.hexdigest()[:12]
+        digest = hashlib.sha256(f"untrained {ckpt.model}".encode()).hexdigest()[:12]
+    else:  # a sharded checkpoint: its index and every shard
+        digest = weights_digest(weights)[:12]
     # v3: extra outputs, what the OOD score reads: the penultimate features and the first
     # convolution's pooled statistics (v2 had the former only)
     return cache_root() / "onnx" / ckpt.dataset_key / f"{ckpt.name}-{digest}-v3.onnx"

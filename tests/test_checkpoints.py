@@ -234,6 +234,39 @@ def test_weights_over_the_limit_are_sharded_and_read_back_as_one(tmp_path):
     assert list(folder.iterdir()) == []
 
 
+def test_the_weights_digest_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    """A head's check against its feature network reads the network's weights once, not on
+    every load; rewriting any shard gives the new digest."""
+    import hashlib
+    import os
+
+    from bloodviz import checkpoints
+
+    model = create_model("cnn_baseline", num_classes=8)
+    index = save_weights(
+        model.state_dict(), tmp_path / "model.safetensors", "cnn_baseline", False, max_file_mb=0.5
+    )
+    files = checkpoints.weights_files(index)
+    expected = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    assert checkpoints.weights_digest(index) == expected
+    opened = []
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k)
+    )
+    assert checkpoints.weights_digest(index) == expected
+    assert not [f for f in opened if Path(f).suffix == ".safetensors"]
+    monkeypatch.undo()
+    last = files[-1]
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 0xFF  # a tensor's last byte, same size
+    last.write_bytes(bytes(data))
+    stamp = last.stat().st_mtime_ns + 10**9  # a coarse clock must still see the change
+    os.utime(last, ns=(stamp, stamp))
+    changed = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    assert changed != expected and checkpoints.weights_digest(index) == changed
+
+
 def test_a_checkpoint_over_the_limit_ships_sharded_and_loads(tmp_path, monkeypatch):
     """write_checkpoint shards weights over the per-file limit instead of keeping them off the
     store; the checkpoint loads, sizes and hashes them as one."""
