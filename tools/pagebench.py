@@ -148,9 +148,14 @@ def _browse(
                 raise
             for link, heading in pages:
                 tick = time.perf_counter()
-                tab.get_by_role("link", name=link).click()
-                tab.get_by_role("heading", name=heading).wait_for()
-                _wait_idle(tab)
+                try:
+                    tab.get_by_role("link", name=link).click()
+                    tab.get_by_role("heading", name=heading).wait_for()
+                    _wait_idle(tab)
+                except Exception:
+                    tab.screenshot(path="pagebench-failure.png", full_page=True)
+                    print(f"{link} with {key}/{name} failed; the page: pagebench-failure.png")
+                    raise
                 seconds = time.perf_counter() - tick
                 first.setdefault(link, seconds)
                 timings[link].append(seconds)
