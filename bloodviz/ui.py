@@ -185,8 +185,14 @@ def runner(path: str, *, on_explainer: bool = False):
     the app's process. ``on_explainer``: a PyTorch classifier on the copy Grad-CAM loads
     instead, for a page that needs that copy anyway (the upload page's overlay): one copy of the
     network in memory, not two, and no reload of either on every rerun. Where Grad-CAM has already
-    loaded that copy, it classifies too: no ONNX export or session beside it."""
-    if on_explainer or _explainer_loaded(path):
+    loaded that copy, it classifies too: no ONNX export or session beside it.
+
+    Once any page has imported torch, every network is classified on a PyTorch copy: torch's
+    memory is paid by then, the copy is the one a Grad-CAM of it would load, and a network not
+    yet exported would otherwise be exported to ONNX in this process (``ensure_onnx`` exports
+    in-process where torch is loaded), whose trace took the app from 1,180 to 1,486 MB
+    for blood-cells-64 resnet50 in ``python -m tools.pagebench``."""
+    if on_explainer or "torch" in sys.modules or _explainer_loaded(path):
         from bloodviz.predict import Runner
 
         loaded = explainer(path)

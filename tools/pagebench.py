@@ -364,11 +364,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="instead: N fresh launches each of the dashboard and the bare baseline page",
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="tour only the checkpoints of these names (e.g. a newly shipped large network)",
+    )
     args = parser.parse_args(argv)
     if args.cold_start:
         return cold_start_rounds(args)
     # the sidebar offers one run per model (its lowest seed)
     ckpts = list_checkpoints(args.checkpoints, every_seed=False)
+    if args.models:
+        ckpts = [c for c in ckpts if c.name in args.models]
+        if not ckpts:
+            parser.error(f"no shipped checkpoint is named {' or '.join(args.models)}")
     by_dataset: dict[str, list[str]] = defaultdict(list)
     for ckpt in ckpts:
         by_dataset[ckpt.dataset_key].append(ckpt.name)
