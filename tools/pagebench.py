@@ -214,30 +214,22 @@ st.plotly_chart(px.scatter(frame, x="cost", y="accuracy"))
 def baseline_cold_start(args, scratch: Path) -> tuple[float, float, float, float]:
     """The cold start of a bare Streamlit page with one table and one plotly chart, on this
     machine in this run: (server answers, title, table, whole page), in seconds."""
-    from playwright.sync_api import sync_playwright
-
     script = scratch / "baseline_page.py"
     script.write_text(BASELINE_PAGE)
+    return cold_start(args, "Baseline", script)
+
+
+def cold_start(args, heading: str, script: Path | None = None) -> tuple[float, float, float, float]:
+    """A fresh launch of the dashboard (or ``script``) and one first visit: (server answers,
+    title, table, whole page), in seconds."""
+    from playwright.sync_api import sync_playwright
+
     launched = time.perf_counter()
     with running_app(args.checkpoints, script=script) as (url, _):
         ready = time.perf_counter()
         with sync_playwright() as p:
             browser, tab = _projector_tab(p, args, 120_000)
-            stages = _first_page(tab, url, "Baseline")
-            browser.close()
-    return (ready - launched, *stages)
-
-
-def app_cold_start(args) -> tuple[float, float, float, float]:
-    """The cold start of the dashboard alone: (server answers, title, table, whole page)."""
-    from playwright.sync_api import sync_playwright
-
-    launched = time.perf_counter()
-    with running_app(args.checkpoints) as (url, _):
-        ready = time.perf_counter()
-        with sync_playwright() as p:
-            browser, tab = _projector_tab(p, args, 120_000)
-            stages = _first_page(tab, url, "Leaderboard")
+            stages = _first_page(tab, url, heading)
             browser.close()
     return (ready - launched, *stages)
 
@@ -248,7 +240,7 @@ def cold_start_rounds(args) -> int:
     rows: dict[str, list[tuple[float, ...]]] = {"bloodviz": [], "baseline": []}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.cold_start):
-            rows["bloodviz"].append(app_cold_start(args))
+            rows["bloodviz"].append(cold_start(args, "Leaderboard"))
             rows["baseline"].append(baseline_cold_start(args, Path(scratch)))
             for name, values in rows.items():
                 server, title, table, whole = values[-1]
