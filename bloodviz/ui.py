@@ -192,7 +192,9 @@ def runner(path: str, *, on_explainer: bool = False):
     yet exported would otherwise be exported to ONNX in this process (``ensure_onnx`` exports
     in-process where torch is loaded), whose trace took the app from 1,180 to 1,486 MB
     for blood-cells-64 resnet50 in ``python -m tools.pagebench``."""
-    if on_explainer or "torch" in sys.modules or _explainer_loaded(path):
+    # an imported ONNX model has no PyTorch weights: it runs on ONNX Runtime whatever is loaded
+    on_torch = "torch" in sys.modules and checkpoint(path).has_weights
+    if on_explainer or on_torch or _explainer_loaded(path):
         from bloodviz.predict import Runner
 
         loaded = explainer(path)
