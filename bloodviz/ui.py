@@ -184,17 +184,17 @@ def runner(path: str, *, on_explainer: bool = False):
     """The checkpoint's ONNX Runtime classifier: classifying uploads never imports torch into
     the app's process. ``on_explainer``: a PyTorch classifier on the copy Grad-CAM loads
     instead, for a page that needs that copy anyway (the upload page's overlay): one copy of the
-    network in memory, not two, and no reload of either on every rerun. Where Grad-CAM has already
-    loaded that copy, it classifies too: no ONNX export or session beside it.
+    network in memory, not two, and no reload of either on every rerun.
 
-    Once any page has imported torch, every network is classified on a PyTorch copy: torch's
+    Once any page has imported torch, every network is classified on a PyTorch copy (the one
+    Grad-CAM has loaded, where it has: no ONNX export or session beside it): torch's
     memory is paid by then, the copy is the one a Grad-CAM of it would load, and a network not
     yet exported would otherwise be exported to ONNX in this process (``ensure_onnx`` exports
     in-process where torch is loaded), whose trace took the app from 1,180 to 1,486 MB
     for blood-cells-64 resnet50 in ``python -m tools.pagebench``."""
     # an imported ONNX model has no PyTorch weights: it runs on ONNX Runtime whatever is loaded
     on_torch = "torch" in sys.modules and checkpoint(path).has_weights
-    if on_explainer or on_torch or _explainer_loaded(path):
+    if on_explainer or on_torch:  # a network Grad-CAM loaded is on_torch: torch is imported
         from bloodviz.predict import Runner
 
         loaded = explainer(path)
@@ -239,11 +239,6 @@ def keep_triton_out() -> None:
     as on a CPU build."""
     if "triton" not in sys.modules:
         sys.modules["triton"] = None  # import fails; importlib.util.find_spec answers None
-
-
-def _explainer_loaded(path: str) -> bool:
-    """Whether the checkpoint's PyTorch network is already in the shared cache."""
-    return ("torch", path, version(path)) in loaded_models()
 
 
 def one_torch_thread() -> None:

@@ -275,16 +275,14 @@ def test_pages_show_cells_from_the_bank_without_any_data(page, server_without_da
 
 
 def _second_default_model(dataset_key: str):
-    """The second most accurate checkpoint: among the sidebar's first choices (the most
-    accurate few), but not the report's first option, which the address leaves out."""
+    """The second most accurate checkpoint, ranked as the sidebar ranks its first choices:
+    among them, but not the report's first option, which the address leaves out."""
+    from bloodviz import ui
     from bloodviz.checkpoints import list_checkpoints
 
-    def accuracy(ckpt) -> float:
-        metrics = ckpt.metrics().get(ckpt.default_split)
-        return metrics["accuracy"] if metrics else 0.0
-
-    ranked = sorted(list_checkpoints(dataset_key=dataset_key, every_seed=False), key=accuracy)
-    return ranked[-2]
+    ckpts = list_checkpoints(dataset_key=dataset_key, every_seed=False)
+    second = ui.best_models(ui.paths(ckpts), count=2)[-1]
+    return next(c for c in ckpts if c.name == second)
 
 
 def test_a_view_survives_a_reload_and_a_shared_link(page, server):
