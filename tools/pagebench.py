@@ -437,11 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         f"kept out) is {floor:.0f} MB; models, data and caches add {hwm - floor:.0f} MB at the peak"
     )
     cuda = report["cuda libraries"]
-    print(
-        f"of the app's resident memory, {cuda:.0f} MB are CUDA libraries this CUDA build of torch "
-        f"maps and a CPU never uses (not in the CPU build): {hwm - cuda:.0f} MB at the peak "
-        "without them"
-    )
+    if cuda:
+        print(
+            f"of the app's resident memory, {cuda:.0f} MB are CUDA libraries this CUDA build of "
+            f"torch maps and a CPU never uses (not in the CPU build): {hwm - cuda:.0f} MB at the "
+            "peak without them"
+        )
+    else:
+        print("no CUDA library is mapped: this torch is a CPU build, as Community Cloud installs")
     print(f"hardware: {hardware_info(None)}; versions: {versions()}")
     return 0
 
