@@ -184,18 +184,21 @@ def _projector_tab(playwright, args, timeout_ms: int):
     return browser, tab
 
 
-def _first_page(tab, url: str, heading: str) -> tuple[float, float, float]:
+def _first_page(tab, url: str, heading: str, *, grid: bool = True) -> tuple[float, float, float]:
     """Seconds from opening ``url`` until the page's title, its first table, and the whole page
-    with its first plot are drawn."""
+    with its first plot are drawn (``grid=False``: a page with neither, its title counting for
+    the table)."""
     tick = time.perf_counter()
     tab.goto(url)
     tab.get_by_role("heading", name=heading).wait_for()
     title = time.perf_counter() - tick
-    tab.locator("[data-testid=stDataFrame]").first.wait_for()
+    if grid:
+        tab.locator("[data-testid=stDataFrame]").first.wait_for()
     table = time.perf_counter() - tick
-    tab.locator("[data-testid=stPlotlyChart]").first.wait_for()
+    if grid:
+        tab.locator("[data-testid=stPlotlyChart]").first.wait_for()
     _wait_idle(tab)
-    return title, table, time.perf_counter() - tick
+    return title, table if grid else title, time.perf_counter() - tick
 
 
 # the least a first page with a table and a plot costs here: Streamlit's own page load, pandas,
@@ -211,15 +214,29 @@ st.plotly_chart(px.scatter(frame, x="cost", y="accuracy"))
 """
 
 
-def baseline_cold_start(args, scratch: Path) -> tuple[float, float, float, float]:
-    """The cold start of a bare Streamlit page with one table and one plotly chart, on this
-    machine in this run: (server answers, title, table, whole page), in seconds."""
-    script = scratch / "baseline_page.py"
-    script.write_text(BASELINE_PAGE)
-    return cold_start(args, "Baseline", script)
+# the least any Streamlit page costs here: its page load and one script run, no data grid, no
+# plotly.js (both are chunks the browser fetches and compiles on their first use)
+TITLE_PAGE = """import streamlit as st
+
+st.title("Baseline")
+st.write("A title and a line of text.")
+"""
 
 
-def cold_start(args, heading: str, script: Path | None = None) -> tuple[float, float, float, float]:
+def baseline_cold_start(
+    args, scratch: Path, *, grid: bool = True
+) -> tuple[float, float, float, float]:
+    """The cold start of a bare Streamlit page with one table and one plotly chart (``grid=False``:
+    with a title and a line of text only), on this machine in this run: (server answers, title,
+    table, whole page), in seconds."""
+    script = scratch / ("baseline_page.py" if grid else "title_page.py")
+    script.write_text(BASELINE_PAGE if grid else TITLE_PAGE)
+    return cold_start(args, "Baseline", script, grid=grid)
+
+
+def cold_start(
+    args, heading: str, script: Path | None = None, *, grid: bool = True
+) -> tuple[float, float, float, float]:
     """A fresh launch of the dashboard (or ``script``) and one first visit: (server answers,
     title, table, whole page), in seconds."""
     from playwright.sync_api import sync_playwright
@@ -229,23 +246,25 @@ def cold_start(args, heading: str, script: Path | None = None) -> tuple[float, f
         ready = time.perf_counter()
         with sync_playwright() as p:
             browser, tab = _projector_tab(p, args, 120_000)
-            stages = _first_page(tab, url, heading)
+            stages = _first_page(tab, url, heading, grid=grid)
             browser.close()
     return (ready - launched, *stages)
 
 
 def cold_start_rounds(args) -> int:
-    """``--cold-start N``: N fresh launches of the dashboard and of the bare baseline page,
-    alternated so that both see the same machine; each launch's stages and the medians."""
-    rows: dict[str, list[tuple[float, ...]]] = {"bloodviz": [], "baseline": []}
+    """``--cold-start N``: N fresh launches of the dashboard, of the bare baseline page and of a
+    page with a title alone, alternated so that all see the same machine; each launch's stages
+    and the medians."""
+    rows: dict[str, list[tuple[float, ...]]] = {"bloodviz": [], "baseline": [], "title only": []}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.cold_start):
             rows["bloodviz"].append(cold_start(args, "Leaderboard"))
             rows["baseline"].append(baseline_cold_start(args, Path(scratch)))
+            rows["title only"].append(baseline_cold_start(args, Path(scratch), grid=False))
             for name, values in rows.items():
                 server, title, table, whole = values[-1]
                 print(
-                    f"round {round_ + 1} {name:9s} server answers {server:5.2f} s after launch; "
+                    f"round {round_ + 1} {name:10s} server answers {server:5.2f} s after launch; "
                     f"then title {title:5.2f} s, table {table:5.2f} s, whole page {whole:5.2f} s"
                 )
     print(f"\nmedians over {args.cold_start} launches each (seconds)")
@@ -259,7 +278,8 @@ def cold_start_rounds(args) -> int:
     print(
         f"bloodviz's first page is drawn {drawn:.2f} s after the server answers (target "
         f"{COLD_START_TARGET_S:.0f} s: {verdict}); the bare page's in the same run "
-        f"{medians['baseline'][3]:.2f} s ({drawn / medians['baseline'][3]:.2f}x)"
+        f"{medians['baseline'][3]:.2f} s ({drawn / medians['baseline'][3]:.2f}x); a page with a "
+        f"title alone {medians['title only'][3]:.2f} s"
     )
     print(f"hardware: {hardware_info(None)}; versions: {versions()}")
     return 0
