@@ -318,18 +318,22 @@ def _idle(tab) -> None:
     tab.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')")
 
 
-def _step_until(tab, step, heading: str) -> None:
-    """Back or Forward until the page titled ``heading`` shows (Streamlit may leave an extra
-    entry of the same page behind), then until its script has finished."""
-    title = tab.get_by_role("heading", name=heading)
+def _step_until(tab, step, heading: str, url_path: str) -> None:
+    """Back or Forward until the page at ``url_path`` ('' for the default page) is the
+    address (Streamlit may leave an extra entry of the same page behind), then until its
+    title shows and its script has finished.
+
+    The decision to step again reads the address, which changes as the step is taken, not
+    the title: under load a slow page's title could take longer than any fixed wait, and a
+    second step then went one entry too far (onto an entry with other choices)."""
+    here = "() => location.pathname.replace(/^\\/+|\\/+$/g, '')"
     for _ in range(3):
         step()
-        try:  # the old page stays drawn for a moment: wait for the new title, else step on
-            expect(title).to_be_visible(timeout=20_000)
+        tab.wait_for_timeout(300)  # the frontend's own history handling runs on popstate
+        if tab.evaluate(here) == url_path:
             break
-        except AssertionError:
-            continue
-    expect(title).to_be_visible()
+    assert tab.evaluate(here) == url_path
+    expect(tab.get_by_role("heading", name=heading)).to_be_visible(timeout=120_000)
     tab.wait_for_timeout(1000)  # a restored view reruns once
     _idle(tab)
 
@@ -354,18 +358,18 @@ def test_back_and_forward_restore_each_pages_choices(page, server):
         expect(tab.get_by_role("heading", name="Head-to-head")).to_be_visible()
         _idle(tab)
 
-        _step_until(tab, tab.go_back, "Leaderboard")
+        _step_until(tab, tab.go_back, "Leaderboard", "")
         # the view is restored by a rerun after the page shows: wait for it, do not race it
         tab.wait_for_function("() => location.search.includes('lb_split=test_simple')")
-        _step_until(tab, tab.go_back, "Model report")
+        _step_until(tab, tab.go_back, "Model report", "report")
         tab.wait_for_function("() => location.search.includes('report_view=Confusion')")
         expect(tab.get_by_role("tab", name="Confusion matrix")).to_have_attribute(
             "aria-selected", "true"
         )
-        _step_until(tab, tab.go_forward, "Leaderboard")
+        _step_until(tab, tab.go_forward, "Leaderboard", "")
         # the view is restored by a rerun after the page shows: wait for it, do not race it
         tab.wait_for_function("() => location.search.includes('lb_split=test_simple')")
-        _step_until(tab, tab.go_forward, "Head-to-head")
+        _step_until(tab, tab.go_forward, "Head-to-head", "head_to_head")
         _no_exception(tab)
     finally:
         tab.close()
