@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodviz.paths import DataNotFoundError, blood_cells_root
+from bloodviz.recalibrate import MIN_CELLS
 from bloodviz.stain import RobustAugment
 
 
@@ -220,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--abstain",
         action="store_true",
         help="withhold the prediction of an image the OOD score flags (CSV: abstained)",
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="images from another microscope: re-estimate each network's batch norm on all "
+        f"their cells first, labels unused (AdaBN; needs >= {MIN_CELLS} cells and PyTorch; "
+        "models without batch norm are run as trained)",
     )
     p.add_argument("--checkpoints", type=Path, default=None)
 
@@ -772,11 +780,16 @@ def _bench(args, command_line: str) -> int:
 
 def _predict(args) -> int:
     from bloodviz.checkpoints import find_checkpoint
-    from bloodviz.predict import Runner, classify, read_paths, result_rows, write_csv
+    from bloodviz.predict import Runner, classify, read_paths, recalibrate, result_rows, write_csv
 
     ckpts = [find_checkpoint(args.dataset, m, args.size, args.checkpoints) for m in args.model]
     files = read_paths(args.paths)
-    runners = {c.name: Runner(c, backend="pytorch" if args.pytorch else "auto") for c in ckpts}
+    backend = "pytorch" if args.pytorch or args.recalibrate else "auto"
+    runners = {c.name: Runner(c, backend=backend) for c in ckpts}
+    if args.recalibrate:
+        runners, notes = recalibrate(files, ckpts, runners, framing=args.framing)
+        for model, note in notes.items():
+            print(f"{model}: {note}")
     results = classify(files, ckpts, runners, framing=args.framing)
     classes = ckpts[0].preprocessing.class_names
     for r in results:

@@ -207,17 +207,23 @@ class FieldCalls:
 
 
 def localised_probs(
-    ckpts, paths: list[Path], *, progress: bool = True, desc: str = "localising"
+    ckpts,
+    paths: list[Path],
+    *,
+    progress: bool = True,
+    desc: str = "localising",
+    runners: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Each image's largest white cell found and cropped as the ``field`` framing does (as an
     upload would be), classified by each checkpoint (all of one dataset, so one class list):
-    checkpoint name -> (images, classes) probabilities; a row of NaN where no cell was found."""
+    checkpoint name -> (images, classes) probabilities; a row of NaN where no cell was found.
+    ``runners``: checkpoint name -> runner to classify with (else each checkpoint's own)."""
     from tqdm.auto import tqdm
 
     from bloodviz.predict import Runner, classify
 
     classes = ckpts[0].preprocessing.class_names
-    runners = {c.name: Runner(c) for c in ckpts}
+    runners = runners or {c.name: Runner(c) for c in ckpts}
     probs: dict[str, list] = {c.name: [] for c in ckpts}
     for path in tqdm(paths, desc=desc, disable=not progress):
         result = classify([(path.name, path.read_bytes())], ckpts, runners, framing="field")[0]

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from bloodviz.checkpoints import Checkpoint
 from bloodviz.inference import predict_probs, softmax
 from bloodviz.preprocess import to_rgb
+from bloodviz.recalibrate import RecalibrationError
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000  # a 6000x6000 photo passes; decompression bombs do not
@@ -226,11 +227,23 @@ class Runner:
             self._parts = [names.get(o.name) for o in self._session.get_outputs()]
         return self._parts
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(
+        self, images: np.ndarray, *, statistics=None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and, where the checkpoint has a fitted detector, OOD scores: one
-        pass through the network for both."""
+        pass through the network for both. ``statistics``: batch-norm statistics of another
+        microscope's cells (:mod:`bloodviz.recalibrate`) to classify with (PyTorch only)."""
         prep = self.ckpt.preprocessing
         features: dict[str, np.ndarray] = {}
+        if statistics is not None:
+            from bloodviz.recalibrate import recalibrated
+
+            if self._model is None:
+                raise RecalibrationError(
+                    f"{self.ckpt.name} runs on ONNX Runtime here; recalibration needs PyTorch"
+                )
+            with self._lock, recalibrated(self._model, statistics):
+                return predict_probs(self._model, prep, images), None
         if self._session is None:
             if self._layers is None:
                 with self._lock:
@@ -257,6 +270,92 @@ class Runner:
 
     def probs(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]
+
+    def recalibrate(self, cells: np.ndarray) -> RecalibratedRunner:
+        """This runner with batch norm re-estimated on ``cells`` (uint8 NHWC, framed for this
+        checkpoint): :mod:`bloodviz.recalibrate`. Raises RecalibrationError saying why not."""
+        from bloodviz.recalibrate import estimate_statistics
+
+        if self._model is None:
+            raise RecalibrationError(
+                f"{self.ckpt.name} runs on ONNX Runtime here; recalibration needs PyTorch"
+            )
+        statistics = estimate_statistics(
+            self._model, self.ckpt.preprocessing, cells, lock=self._lock
+        )
+        return RecalibratedRunner(self, statistics)
+
+
+class RecalibratedRunner:
+    """A PyTorch :class:`Runner` classifying with batch-norm statistics of another microscope.
+
+    Its OOD scores come from the network as trained, which its detector was fitted on: an
+    image unlike the training data is still flagged, however well recalibration hides it."""
+
+    def __init__(self, runner: Runner, statistics):
+        self.runner = runner
+        self.statistics = statistics
+        self.ckpt = runner.ckpt
+        self.backend = f"{runner.backend}, recalibrated on {statistics.n_cells} cells"
+        self.detector = runner.detector
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        probs, _ = self.runner.predict(images, statistics=self.statistics)
+        scores = self.runner.predict(images)[1] if self.detector is not None else None
+        return probs, scores
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+
+class _CellRecorder:
+    """Stands in for a runner to collect the cells each checkpoint would be shown."""
+
+    detector = None
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.cells: list[np.ndarray] = []
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, None]:
+        self.cells.extend(images)
+        return np.full((len(images), self.num_classes), 1.0 / self.num_classes), None
+
+
+def framed_cells(
+    files: list[tuple[str, bytes | InputError]],
+    checkpoints: list[Checkpoint],
+    framing: Framing | None = None,
+) -> dict[str, np.ndarray]:
+    """Checkpoint name -> every cell of ``files`` framed as :func:`classify` frames it for
+    that checkpoint (each white cell of a field; unreadable files skipped)."""
+    recorders = {c.name: _CellRecorder(c.preprocessing.num_classes) for c in checkpoints}
+    classify(files, checkpoints, recorders, framing)
+    return {
+        name: np.stack(r.cells) if r.cells else np.zeros((0, 0, 0, 3), np.uint8)
+        for name, r in recorders.items()
+    }
+
+
+def recalibrate(
+    files: list[tuple[str, bytes | InputError]],
+    checkpoints: list[Checkpoint],
+    runners: dict,
+    framing: Framing | None = None,
+) -> tuple[dict, dict[str, str]]:
+    """Runners recalibrated on the cells of ``files`` (:mod:`bloodviz.recalibrate`), for
+    :func:`classify` on the same files: those that cannot be (no batch norm, ONNX Runtime, too
+    few cells) stay as they were. Returns the runners and a note for each checkpoint saying
+    what was done."""
+    cells = framed_cells(files, checkpoints, framing)
+    out, notes = dict(runners), {}
+    for ckpt in checkpoints:
+        try:
+            out[ckpt.name] = runners[ckpt.name].recalibrate(cells[ckpt.name])
+            notes[ckpt.name] = f"batch norm recalibrated on {len(cells[ckpt.name])} cells"
+        except RecalibrationError as exc:
+            notes[ckpt.name] = f"not recalibrated: {exc}"
+    return out, notes
 
 
 def confidence_threshold(ckpt: Checkpoint, quantile: float = OOD_VAL_QUANTILE) -> float:

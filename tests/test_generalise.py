@@ -52,11 +52,20 @@ def test_a_model_is_scored_on_the_other_lab_and_the_page_shows_it(store, monkeyp
     result = generalise.cross_dataset(ckpt, progress=False, command="test")
     fields = f"{generalise.FIELDS_SET}, unseen"
     localised = "pbc test (localised)"
-    assert set(result["sets"]) == {"blood-cells test (own)", "pbc test", localised, fields}
+    recalibrated = f"pbc test {generalise.RECALIBRATED}"  # cnn_baseline has batch norm
+    assert set(result["sets"]) == {
+        "blood-cells test (own)",
+        "pbc test",
+        localised,
+        recalibrated,
+        fields,
+    }
     other = result["sets"]["pbc test"]
     assert other["n"] > 1000  # PBC's test cells of the four shared classes
     # the same cells as whole images through the localiser, as an upload would be framed
     assert result["sets"][localised]["n"] == other["n"]
+    assert result["sets"][recalibrated]["n"] == other["n"]
+    assert result["sets"][recalibrated] != result["sets"][localised]
     # a blood-cells model saw crops of most BCCD fields: only the others are its test
     assert 10 < result["sets"][fields]["n"] < 200
     assert 0 <= other["balanced_as_is"] <= 1 and other["balanced_restricted"] >= 0
