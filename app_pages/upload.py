@@ -9,6 +9,7 @@ from bloodviz.paths import DataNotFoundError
 from bloodviz.plots import probability_bars
 from bloodviz.predict import classify, result_rows, typed_table
 from bloodviz.preprocess import upscale
+from bloodviz.recalibrate import MIN_CELLS
 
 st.title("Upload and classify")
 key, ckpts = ui.current_selection()
@@ -55,6 +56,18 @@ show_cam = st.toggle(
     help="Classification runs on ONNX Runtime; a saliency map needs the network's gradients, "
     "so the first overlay loads PyTorch (a few seconds, about 600 MB). With the overlay on, "
     "the same PyTorch networks classify too.",
+)
+recalibrate = st.toggle(
+    "Recalibrate to these images' microscope",
+    value=False,
+    key="recalibrate",
+    bind="query-params",
+    help="For images from another lab: each network's batch norm is re-estimated on all the "
+    f"uploaded cells (at least {MIN_CELLS}, from one microscope; labels are not needed) before "
+    "they are classified (AdaBN). It needs PyTorch (loaded on first use, about 600 MB) and "
+    "works for networks with batch norm (ResNets, Inception, EfficientNet, cnn_baseline, "
+    "cnn002_bn); others classify as trained. The Generalisation page measures what it does "
+    "across labs. Grad-CAM overlays show the network as trained.",
 )
 truth: dict[str, str] = {}
 if files:
@@ -110,7 +123,13 @@ else:
     framing = "cell"
 
 # with the overlay on, the PyTorch copies it needs classify too: one copy of each network
-runners = {c.name: ui.runner(str(c.path), on_explainer=show_cam and c.has_weights) for c in ckpts}
+# and so do they to be recalibrated
+on_torch = show_cam or recalibrate
+runners = {c.name: ui.runner(str(c.path), on_explainer=on_torch and c.has_weights) for c in ckpts}
+if recalibrate:
+    runners, notes = ui.recalibrated(inputs, ckpts, runners, framing)
+    for model, note in notes.items():
+        st.caption(f"{model}: {note}")
 with st.spinner(f"Classifying {len(inputs)} image(s)…"):
     results = classify(inputs, ckpts, runners, framing)
 del runners  # the cache may drop an ONNX session now that the images are classified

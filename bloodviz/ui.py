@@ -215,6 +215,34 @@ def runner(path: str, *, on_explainer: bool = False):
     )
 
 
+def recalibrated(inputs: list[tuple[str, bytes]], ckpts: list[Checkpoint], runners: dict, framing):
+    """``runners`` recalibrated on the cells of ``inputs`` (:func:`bloodviz.predict.recalibrate`)
+    and a note per model. A session keeps the batch-norm statistics of its last upload only
+    (small: two vectors a layer), never a runner: that would pin a network the shared cache
+    has dropped."""
+    import hashlib
+
+    from bloodviz.predict import RecalibratedRunner, recalibrate
+
+    digest = hashlib.sha256()
+    for name, data in inputs:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    networks = tuple((str(c.path), version(str(c.path))) for c in ckpts)
+    key = (digest.hexdigest(), str(framing), networks)
+    kept = st.session_state.get("_recalibration")
+    if kept is None or kept[0] != key:
+        with st.spinner("Recalibrating batch norm on the uploaded cells…"):
+            out, notes = recalibrate(inputs, ckpts, runners, framing)
+        statistics = {n: r.statistics for n, r in out.items() if isinstance(r, RecalibratedRunner)}
+        st.session_state["_recalibration"] = kept = (key, statistics, notes)
+    _, statistics, notes = kept
+    out = {
+        name: RecalibratedRunner(r, statistics[name]) if name in statistics else r
+        for name, r in runners.items()
+    }
+    return out, notes
+
+
 def explainer(path: str):
     """The checkpoint's PyTorch network with its CAMs (gradients need PyTorch)."""
 

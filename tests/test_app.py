@@ -138,6 +138,52 @@ def test_page_and_cli_agree_on_the_same_image(monkeypatch, store, data_root, tmp
     assert max(abs(float(page[c]) - float(cli[c])) for c in columns) < 1e-5
 
 
+def test_upload_page_recalibrates_to_another_lab_as_the_cli_does(
+    monkeypatch, store, data_root, tmp_path
+):
+    """Kaggle cells for a PBC model: the toggle re-estimates batch norm on the uploaded cells,
+    and the page's calls are the CLI's ``predict --recalibrate`` on the same files."""
+    import pandas as pd
+
+    folder = data_root / "blood-cells" / "dataset2-master" / "images" / "TEST_SIMPLE"
+    images = sorted(folder.glob("*/*.jpeg"))[::3]  # 24 of the 71, every class
+    out = tmp_path / "cli.csv"
+    cli = run_bloodviz(
+        "predict",
+        *map(str, images),
+        "--dataset",
+        "pbc",
+        "--model",
+        "cnn_baseline",
+        "--framing",
+        "field",
+        "--recalibrate",
+        "--csv",
+        str(out),
+        env={"BLOODVIZ_CHECKPOINTS": str(store)},
+        check=True,
+    )
+    note = next(line for line in cli.stdout.splitlines() if "recalibrated on" in line)
+    app = _app(monkeypatch, store).run()
+    _dataset_box(app).set_value("pbc-64").run()
+    app.switch_page("app_pages/upload.py").run()
+    app.file_uploader[0].set_value([(str(p), p.read_bytes(), "image/jpeg") for p in images])
+    app.radio[0].set_value("A smear field: find the white cells").run()
+    assert not app.exception
+    plain = app.dataframe[0].value
+    toggle = next(t for t in app.toggle if t.label.startswith("Recalibrate"))
+    toggle.set_value(True).run()
+    assert not app.exception
+    assert any(c.value == note for c in app.caption), note  # "cnn_baseline: ... on N cells"
+    page = app.dataframe[0].value
+    columns = [c for c in page.columns if c.startswith("p_")]
+    assert list(page["path"]) == list(plain["path"])
+    assert (page[columns] - plain[columns]).abs().to_numpy().max() > 0.05
+    frame = pd.read_csv(out)
+    assert list(page["path"]) == list(frame["path"])
+    assert abs(page[columns].to_numpy() - frame[columns].to_numpy()).max() < 1e-5
+
+
 UPLOADS = {
     "pbc-64": ("pbc-originals", "lymphocyte"),
     "blood-cells-64": ("blood-cells", "dataset2-master", "images", "TEST", "MONOCYTE"),
