@@ -15,7 +15,11 @@ st.caption(
     "*BCCD fields (localised)*: whole smear photographs whose label names one shared class, "
     "the white cell found and framed by the localiser as an upload would be (a field where "
     "none is found counts as wrong); a blood-cells model is scored on the fields whose region "
-    "gave none of its training images only."
+    "gave none of its training images only. *(localised, recalibrated)*: the same localised "
+    "cells, classified after re-estimating the network's batch norm on "
+    f"{generalise.RECALIBRATION_CELLS} unlabelled cells of the other lab's training images "
+    "(AdaBN, as the upload page's *Recalibrate* toggle does with your cells); networks "
+    "without batch norm have no such row."
 )
 if not ckpts or ckpts[0].dataset not in generalise.OTHER_DATASET:
     st.info("Choose pbc-64 or blood-cells-64 models in the sidebar: they share four classes.")
