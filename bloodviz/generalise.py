@@ -129,6 +129,10 @@ def cross_dataset(
     result.update(
         {
             "classes": list(SHARED_CLASSES),
+            "recalibration": {  # how the "(localised, recalibrated)" sets were made
+                "cells": RECALIBRATION_CELLS,
+                "from": f"{other} train, seeded sample, labels unused",
+            },
             # which training run these weights came from: a result never outlives them
             "run_finished_at": ckpt.run.finished_at,
             "backend": runner.backend,
@@ -155,9 +159,7 @@ def _other_dataset(ckpt) -> str:
     return other
 
 
-def localised_sets(
-    ckpts, data_root=None, *, progress: bool = True, recalibrate: bool = True
-) -> dict:
+def localised_sets(ckpts, data_root=None, *, progress: bool = True) -> dict:
     """Set name -> (truth, {checkpoint name: probabilities}) for ``ckpts`` (all of one
     dataset): whole images, each one's white cell found and framed by the localiser as an
     upload would be (a row of NaN where none was found: a miss):
@@ -166,7 +168,7 @@ def localised_sets(
       at the share of the crop it takes in the checkpoint's own training cells;
     - the labelled BCCD smear fields of those classes. A blood-cells model saw crops of many of
       these fields in training, so it gets the unseen ones only;
-    - with ``recalibrate``, the other lab's test images again, classified by each network with
+    - the other lab's test images again, classified by each network with
       batch norm after re-estimating it (:mod:`bloodviz.recalibrate`) on
       :data:`RECALIBRATION_CELLS` cells found in a seeded sample of the other lab's training
       images, labels unused. (Kaggle's TRAIN and TEST are augmentations of a few hundred
@@ -193,7 +195,7 @@ def localised_sets(
             paths = [path for _, path in entries]
             probs = localised_probs(ckpts, paths, progress=progress, desc=f"{other} {split}")
             sets[f"{other} {split} {LOCALISED}"] = (truth, probs)
-            if recalibrate and recalibrated is None:
+            if recalibrated is None:
                 recalibrated = _recalibrated_runners(ckpts, data)
             if recalibrated:
                 probs = localised_probs(
