@@ -238,12 +238,9 @@ class Runner:
         if statistics is not None:
             from bloodviz.recalibrate import recalibrated
 
-            if self._model is None:
-                raise RecalibrationError(
-                    f"{self.ckpt.name} runs on ONNX Runtime here; recalibration needs PyTorch"
-                )
-            with self._lock, recalibrated(self._model, statistics):
-                return predict_probs(self._model, prep, images), None
+            model = self._recalibratable_model()
+            with self._lock, recalibrated(model, statistics):
+                return predict_probs(model, prep, images), None
         if self._session is None:
             if self._layers is None:
                 with self._lock:
@@ -276,14 +273,16 @@ class Runner:
         checkpoint): :mod:`bloodviz.recalibrate`. Raises RecalibrationError saying why not."""
         from bloodviz.recalibrate import estimate_statistics
 
+        model = self._recalibratable_model()
+        statistics = estimate_statistics(model, self.ckpt.preprocessing, cells, lock=self._lock)
+        return RecalibratedRunner(self, statistics)
+
+    def _recalibratable_model(self):
         if self._model is None:
             raise RecalibrationError(
                 f"{self.ckpt.name} runs on ONNX Runtime here; recalibration needs PyTorch"
             )
-        statistics = estimate_statistics(
-            self._model, self.ckpt.preprocessing, cells, lock=self._lock
-        )
-        return RecalibratedRunner(self, statistics)
+        return self._model
 
 
 class RecalibratedRunner:
